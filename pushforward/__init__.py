@@ -1,0 +1,39 @@
+"""pushforward: normalizing flows in PyTorch, exact to the last digit.
+
+Forward is the generative direction ``z -> x``; every transform returns its per-sample
+``log|det|``; a ``Flow`` pushes a base distribution through a transform.
+"""
+
+from pushforward import diagnostics, distributions, flows, nn, transforms
+from pushforward._validation import (
+    InputOutsideDomain,
+    is_validating,
+    set_validation,
+    validation,
+)
+from pushforward.core import BaseDistribution, Chain, Flow, FlowDistribution, Inverse, Transform
+from pushforward.distributions import ConditionalDiagonalNormal, DiagonalNormal, StandardNormal
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "Transform",
+    "Chain",
+    "Inverse",
+    "Flow",
+    "FlowDistribution",
+    "BaseDistribution",
+    "StandardNormal",
+    "DiagonalNormal",
+    "ConditionalDiagonalNormal",
+    "InputOutsideDomain",
+    "set_validation",
+    "validation",
+    "is_validating",
+    "transforms",
+    "distributions",
+    "diagnostics",
+    "flows",
+    "nn",
+]

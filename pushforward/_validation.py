@@ -1,0 +1,144 @@
+"""Input validation shared by transforms, bases and flows, with a global switch.
+
+Validation is on by default. ``set_validation(False)`` (or ``with validation(False):``) turns every
+check off for speed; the checks never change a result, they only raise earlier and more clearly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+_ENABLED = True
+
+
+class InputOutsideDomain(ValueError):
+    """An input lies outside the domain of a transform or distribution."""
+
+
+def is_validating() -> bool:
+    """Whether input checks are on."""
+    return _ENABLED
+
+
+def set_validation(enabled: bool) -> None:
+    """Turn input checks on or off globally."""
+    global _ENABLED
+    _ENABLED = bool(enabled)
+
+
+@contextlib.contextmanager
+def validation(enabled: bool) -> Iterator[None]:
+    """Context manager that sets the validation switch and restores it on exit."""
+    previous = _ENABLED
+    set_validation(enabled)
+    try:
+        yield
+    finally:
+        set_validation(previous)
+
+
+def _describe(shape: Sequence[int] | None) -> str:
+    if shape is None:
+        return "(batch, ...)"
+    return "(batch, " + ", ".join(str(s) for s in shape) + ")" if shape else "(batch,)"
+
+
+def check_tensor(
+    x: object,
+    shape: Sequence[int] | None,
+    owner: str,
+    what: str = "input",
+) -> None:
+    """Check that ``x`` is a finite floating tensor shaped ``(batch, *shape)``.
+
+    Args:
+        x: the value to check.
+        shape: the expected event shape, or None when any shape with a batch dimension is fine.
+        owner: the name of the object doing the check, used in the message.
+        what: what ``x`` is ("input", "context", ...).
+
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor.
+        ValueError: wrong rank, wrong trailing shape, or NaN/inf entries.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{owner}: {what} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{owner}: {what} must be a floating-point tensor, got dtype {x.dtype}")
+    expected = _describe(shape)
+    if shape is not None:
+        if x.dim() != len(shape) + 1:
+            raise ValueError(
+                f"{owner}: {what} has rank {x.dim()} (shape {tuple(x.shape)}), "
+                f"expected rank {len(shape) + 1} with shape {expected}"
+            )
+        if tuple(x.shape[1:]) != tuple(shape):
+            raise ValueError(
+                f"{owner}: {what} has shape {tuple(x.shape)}, expected {expected}"
+            )
+    elif x.dim() < 1:
+        raise ValueError(f"{owner}: {what} must have a batch dimension, got a scalar")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{owner}: {what} contains {bad} NaN or infinite value(s)")
+
+
+def check_context(
+    context: object, context_features: int, batch: int | None, owner: str
+) -> None:
+    """Check a context tensor against ``(batch, context_features)``.
+
+    Raises:
+        ValueError: context missing for a conditional object, given to an unconditional one,
+            or with the wrong shape.
+    """
+    if context_features == 0:
+        if context is not None:
+            raise ValueError(
+                f"{owner}: got a context but this object is unconditional (context_features=0)"
+            )
+        return
+    if context is None:
+        raise ValueError(
+            f"{owner}: is conditional and needs a context of shape (batch, {context_features})"
+        )
+    check_tensor(context, (context_features,), owner, "context")
+    assert isinstance(context, Tensor)
+    if batch is not None and context.shape[0] != batch:
+        raise ValueError(
+            f"{owner}: context has batch size {context.shape[0]} but the input has {batch}"
+        )
+
+
+def as_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
+    """Normalise ``features`` (an int) or a shape (a sequence) to a tuple of positive ints."""
+    if isinstance(shape, bool):
+        raise TypeError(f"expected a number of features or a shape, got {shape!r}")
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        out = tuple(int(s) for s in shape)
+    except TypeError as err:
+        raise TypeError(f"expected a number of features or a shape, got {shape!r}") from err
+    if not out or any(s <= 0 for s in out):
+        raise ValueError(f"shape must be non-empty with positive sizes, got {shape!r}")
+    return out
+
+
+def dtype_of(module: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of a module's first parameter or buffer (float32 if it has none)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.get_default_dtype()
+
+
+def device_of(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU if it has none)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")

@@ -1,0 +1,416 @@
+"""The change-of-variables engine: Transform, Chain, Inverse, BaseDistribution and Flow.
+
+Conventions (SPEC §0): ``forward`` is the generative direction ``z -> x`` and returns
+``(x, ladj)`` with ``ladj = log|det ∂x/∂z|`` per sample, shape ``(batch,)``; ``inverse`` is the
+normalizing direction ``x -> z`` and returns ``(z, log|det ∂z/∂x|)``. A flow's density is
+
+    log p(x) = log p_0(z) + log|det ∂z/∂x|,   z = f⁻¹(x),
+
+computed in one inverse pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pushforward import _validation as _v
+
+__all__ = ["Transform", "Chain", "Inverse", "BaseDistribution", "Flow", "FlowDistribution"]
+
+Shape = tuple[int, ...]
+
+# Depth of nested transform calls: only the outermost call validates, so a Chain of K layers
+# checks its input once instead of K times.
+_depth = 0
+
+
+class _Nested:
+    def __enter__(self) -> None:
+        global _depth
+        _depth += 1
+
+    def __exit__(self, *args: object) -> None:
+        global _depth
+        _depth -= 1
+
+
+def _outermost() -> bool:
+    return _v.is_validating() and _depth == 0
+
+
+class Transform(nn.Module):
+    """An invertible map ``x = f(z)`` with its log absolute Jacobian determinant.
+
+    Subclasses implement ``_forward(z, context)`` and ``_inverse(x, context)``, each returning the
+    output and its per-sample ``ladj`` of shape ``(batch,)``, and declare their shapes. Input
+    checks (shape, NaN/inf, domain via ``_check_x`` / ``_check_z``) live here, once.
+
+    Attributes:
+        event_shape: shape of one sample on the data side ``x`` (None: any shape).
+        latent_shape: shape on the base side ``z`` (defaults to ``event_shape``).
+        context_features: width of the context this transform reads (0: unconditional; the
+            context is then accepted and ignored, so ``Chain`` can pass it blindly).
+        analytic_inverse: False when the inverse is computed numerically (Planar, CNF).
+        exact_ladj: False when ``ladj`` is a stochastic estimate (Hutchinson).
+    """
+
+    analytic_inverse: bool = True
+    exact_ladj: bool = True
+
+    def __init__(
+        self,
+        event_shape: int | Sequence[int] | None = None,
+        latent_shape: int | Sequence[int] | None = None,
+        context_features: int = 0,
+    ) -> None:
+        super().__init__()
+        self.event_shape: Shape | None = None if event_shape is None else _v.as_shape(event_shape)
+        self.latent_shape: Shape | None = (
+            self.event_shape if latent_shape is None else _v.as_shape(latent_shape)
+        )
+        if int(context_features) < 0:
+            raise ValueError(f"context_features must be >= 0, got {context_features}")
+        self.context_features = int(context_features)
+
+    # -- the contract -------------------------------------------------------------------------
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Generative direction: ``x, ladj = f(z)`` with ``ladj = log|det ∂x/∂z|``."""
+        if _outermost():
+            self._validate(z, self.latent_shape, context, "z")
+            self._check_z(z)
+        with _Nested():
+            return self._forward(z, context)
+
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Normalizing direction: ``z, ladj = f⁻¹(x)`` with ``ladj = log|det ∂z/∂x|``."""
+        if _outermost():
+            self._validate(x, self.event_shape, context, "x")
+            self._check_x(x)
+        with _Nested():
+            return self._inverse(x, context)
+
+    @property
+    def inv(self) -> Transform:
+        """A view with the two directions swapped (``t.inv.inv is t``)."""
+        view = self.__dict__.get("_inverse_view")
+        return view if view is not None else Inverse(self)
+
+    # -- for subclasses -----------------------------------------------------------------------
+    def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _check_x(self, x: Tensor) -> None:
+        """Raise ``ValueError`` if ``x`` is outside the domain of the inverse."""
+
+    def _check_z(self, z: Tensor) -> None:
+        """Raise ``ValueError`` if ``z`` is outside the domain of the forward map."""
+
+    def _validate(
+        self, value: Tensor, shape: Shape | None, context: Tensor | None, name: str
+    ) -> None:
+        owner = type(self).__name__
+        _v.check_tensor(value, shape, owner, name)
+        if self.context_features:
+            _v.check_context(context, self.context_features, value.shape[0], owner)
+
+    def extra_repr(self) -> str:
+        parts = []
+        if self.event_shape is not None:
+            parts.append(f"event_shape={self.event_shape}")
+        if self.latent_shape != self.event_shape:
+            parts.append(f"latent_shape={self.latent_shape}")
+        if self.context_features:
+            parts.append(f"context_features={self.context_features}")
+        return ", ".join(parts)
+
+
+class Inverse(Transform):
+    """The inverse of a transform: ``Inverse(t)(x) = t.inverse(x)``.
+
+    Shares ``t``'s parameters; ``Inverse(t).inv is t``.
+    """
+
+    def __init__(self, transform: Transform) -> None:
+        super().__init__(transform.latent_shape, transform.event_shape, transform.context_features)
+        self.transform = transform
+        # Remembered outside the module tree (no parameter is registered twice).
+        transform.__dict__["_inverse_view"] = self
+        self.analytic_inverse = transform.analytic_inverse
+        self.exact_ladj = transform.exact_ladj
+
+    @property
+    def inv(self) -> Transform:
+        return self.transform
+
+    def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self.transform._inverse(z, context)
+
+    def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self.transform._forward(x, context)
+
+    def _check_x(self, x: Tensor) -> None:
+        self.transform._check_z(x)
+
+    def _check_z(self, z: Tensor) -> None:
+        self.transform._check_x(z)
+
+
+class Chain(Transform):
+    """Composition ``f = f_K ∘ … ∘ f_1``; ``Chain([t1, t2])`` applies ``t1`` first (forward).
+
+    ``ladj = Σ_k ladj_k``; the inverse applies the inverses in reverse order.
+    """
+
+    def __init__(self, transforms: Iterable[Transform]) -> None:
+        transforms = list(transforms)
+        if not transforms:
+            raise ValueError("Chain needs at least one transform")
+        for t in transforms:
+            if not isinstance(t, Transform):
+                raise TypeError(f"Chain: {type(t).__name__} is not a pushforward Transform")
+        latent = next((t.latent_shape for t in transforms if t.latent_shape is not None), None)
+        event = next(
+            (t.event_shape for t in reversed(transforms) if t.event_shape is not None), None
+        )
+        super().__init__(event, latent, max(t.context_features for t in transforms))
+        self.transforms = nn.ModuleList(transforms)
+        self.analytic_inverse = all(t.analytic_inverse for t in transforms)
+        self.exact_ladj = all(t.exact_ladj for t in transforms)
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def __getitem__(self, i: int) -> Transform:
+        return self.transforms[i]  # type: ignore[return-value]
+
+    def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        total = z.new_zeros(z.shape[0])
+        for t in self.transforms:
+            z, ladj = t(z, context)
+            total = total + ladj
+        return z, total
+
+    def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        total = x.new_zeros(x.shape[0])
+        for t in reversed(self.transforms):
+            x, ladj = t.inverse(x, context)
+            total = total + ladj
+        return x, total
+
+    def _check_x(self, x: Tensor) -> None:
+        self.transforms[-1]._check_x(x)  # type: ignore[operator]
+
+    def _check_z(self, z: Tensor) -> None:
+        self.transforms[0]._check_z(z)  # type: ignore[operator]
+
+
+class BaseDistribution(nn.Module):
+    """Interface of a base distribution ``p_0``: an ``nn.Module`` with ``log_prob`` and ``sample``.
+
+    Subclasses implement ``log_prob(z, context=None) -> (batch,)`` and
+    ``sample(n, context=None) -> (n, *event_shape)`` (reparametrised where the family allows),
+    declare ``event_shape`` and ``context_features``, and may override ``sample_and_log_prob``.
+    A conditional base gets one context row per sample: ``context`` is ``(n, context_features)``.
+    """
+
+    event_shape: Shape
+    context_features: int = 0
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def sample_and_log_prob(
+        self, n: int, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``z ~ p_0`` and ``log p_0(z)``."""
+        z = self.sample(n, context)
+        return z, self.log_prob(z, context)
+
+
+class Flow(nn.Module):
+    """A normalizing flow: a base distribution pushed forward through a transform.
+
+    ``x = f(z)``, ``z ~ p_0``, and ``log p(x) = log p_0(f⁻¹(x)) + log|det ∂f⁻¹/∂x|``.
+
+    Args:
+        transform: the generative map ``f`` (a list is chained).
+        base: the base distribution ``p_0``.
+        embedding: optional network applied once per call to the raw context before the
+            transform and the base see it.
+        context_features: width of the raw context (needed only with an ``embedding``).
+
+    Example:
+        >>> import torch, pushforward as pf
+        >>> flow = pf.Flow(pf.transforms.Affine(2), pf.StandardNormal(2))
+        >>> flow.log_prob(torch.zeros(3, 2)).shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self,
+        transform: Transform | Sequence[Transform],
+        base: nn.Module,
+        embedding: nn.Module | None = None,
+        context_features: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(transform, Transform):
+            transform = Chain(transform)
+        self.transform = transform
+        self.base = base
+        self.embedding = embedding
+        inner = max(transform.context_features, getattr(base, "context_features", 0))
+        if embedding is not None and context_features is None:
+            raise ValueError(
+                "Flow: give context_features (the raw context width) with an embedding"
+            )
+        self.context_features = inner if context_features is None else int(context_features)
+        event = transform.event_shape
+        if event is None:
+            event = tuple(getattr(base, "event_shape", ())) or None
+        if event is None:
+            raise ValueError("Flow: neither the transform nor the base declares an event shape")
+        self.event_shape: Shape = tuple(event)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _context(self, context: Tensor | None, batch: int | None) -> Tensor | None:
+        if _v.is_validating():
+            _v.check_context(context, self.context_features, batch, "Flow")
+        if context is not None and self.embedding is not None:
+            context = self.embedding(context)
+        return context
+
+    def _base_log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
+        if getattr(self.base, "context_features", 0):
+            return self.base.log_prob(z, context)
+        return self.base.log_prob(z)
+
+    def _base_draw(
+        self, n: int, context: Tensor | None, temperature: float
+    ) -> tuple[Tensor, Tensor]:
+        kwargs = {} if temperature == 1.0 else {"temperature": temperature}
+        if getattr(self.base, "context_features", 0):
+            return self.base.sample_and_log_prob(n, context, **kwargs)
+        return self.base.sample_and_log_prob(n, **kwargs)
+
+    # -- density ------------------------------------------------------------------------------
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``log p(x)``, shape ``(batch,)``."""
+        if _v.is_validating():
+            _v.check_tensor(x, self.event_shape, "Flow.log_prob", "x")
+            self.transform._check_x(x)
+        ctx = self._context(context, x.shape[0])
+        with _v.validation(False):
+            z, ladj = self.transform.inverse(x, ctx)
+            return self._base_log_prob(z, ctx) + ladj
+
+    # -- sampling -----------------------------------------------------------------------------
+    def rsample_and_log_prob(
+        self, n: int, context: Tensor | None = None, temperature: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        """Reparametrised ``x ~ p`` and ``log p(x)`` in one forward pass.
+
+        Shapes: ``(n, *event)`` and ``(n,)``; with context ``(B, C)``: ``(n, B, *event)`` and
+        ``(n, B)``. ``temperature`` scales the base draw (Gaussian bases only); ``log p`` is then
+        the density of the tempered base pushed forward.
+        """
+        n = int(n)
+        if n < 0:
+            raise ValueError(f"Flow.sample: n must be >= 0, got {n}")
+        batch = None
+        if context is not None:
+            if _v.is_validating():
+                _v.check_tensor(context, (self.context_features,), "Flow", "context")
+            batch = context.shape[0]
+            context = context.repeat(n, 1)
+        ctx = self._context(context, None)
+        total = n * (batch or 1)
+        with _v.validation(False):
+            z, log_pz = self._base_draw(total, ctx, temperature)
+            x, ladj = self.transform(z, ctx)
+        log_px = log_pz - ladj
+        if batch is not None:
+            return x.reshape(n, batch, *x.shape[1:]), log_px.reshape(n, batch)
+        return x, log_px
+
+    def sample_and_log_prob(
+        self, n: int, context: Tensor | None = None, temperature: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        """``x ~ p`` and ``log p(x)`` from one forward pass (differentiable, as ``rsample``)."""
+        return self.rsample_and_log_prob(n, context, temperature)
+
+    def rsample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+        """Reparametrised samples, ``(n, *event)`` or ``(n, B, *event)`` with context."""
+        return self.rsample_and_log_prob(n, context, temperature)[0]
+
+    @torch.no_grad()
+    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+        """Samples without gradients, ``(n, *event)`` or ``(n, B, *event)`` with context."""
+        return self.rsample_and_log_prob(n, context, temperature)[0]
+
+    def distribution(self, context: Tensor | None = None) -> FlowDistribution:
+        """This flow as a ``torch.distributions.Distribution`` (batch ``(B,)`` with context)."""
+        return FlowDistribution(self, context)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Same as ``log_prob`` (so DDP and hooks see a forward)."""
+        return self.log_prob(x, context)
+
+
+class FlowDistribution(torch.distributions.Distribution):
+    """A ``torch.distributions.Distribution`` view of a ``Flow`` (optionally at a fixed context).
+
+    With a context of shape ``(B, C)`` the batch shape is ``(B,)``; ``log_prob`` accepts values
+    of shape ``(*sample_shape, *batch_shape, *event_shape)``.
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = True
+
+    def __init__(self, flow: Flow, context: Tensor | None = None) -> None:
+        if context is not None and _v.is_validating():
+            _v.check_context(context, flow.context_features, None, "Flow.distribution")
+        self.flow = flow
+        self.context = context
+        batch_shape = torch.Size(() if context is None else (context.shape[0],))
+        super().__init__(batch_shape, torch.Size(flow.event_shape), validate_args=False)
+
+    @property
+    def support(self) -> torch.distributions.constraints.Constraint:
+        return torch.distributions.constraints.independent(
+            torch.distributions.constraints.real, len(self.event_shape)
+        )
+
+    def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        n = math.prod(sample_shape)
+        x = self.flow.rsample(n, self.context)
+        return x.reshape(*sample_shape, *self.batch_shape, *self.event_shape)
+
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        tail = (*self.batch_shape, *self.event_shape)
+        if tuple(value.shape[value.dim() - len(tail):]) != tail:
+            raise ValueError(
+                f"FlowDistribution.log_prob: value shape {tuple(value.shape)} must end with "
+                f"batch and event shape {tail}"
+            )
+        lead = value.shape[: value.dim() - len(tail)]
+        flat = value.reshape(-1, *self.event_shape)
+        context = None
+        if self.context is not None:
+            context = self.context.repeat(math.prod(lead), 1)
+        return self.flow.log_prob(flat, context).reshape(*lead, *self.batch_shape)

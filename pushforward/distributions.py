@@ -1,0 +1,168 @@
+"""Euclidean base distributions: standard and diagonal Gaussians, plain and conditional.
+
+Each is an ``nn.Module`` with ``log_prob(z, context=None)`` of shape ``(batch,)`` and
+``sample(n, context=None, temperature=1.0)`` of shape ``(n, *event_shape)``; conditional ones take
+one context row per sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pushforward import _validation as _v
+from pushforward.core import BaseDistribution
+from pushforward.nn import MLP
+
+__all__ = [
+    "BaseDistribution",
+    "StandardNormal",
+    "DiagonalNormal",
+    "ConditionalDiagonalNormal",
+]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _gaussian_log_prob(z: Tensor, loc: Tensor, log_scale: Tensor, event_dims: int) -> Tensor:
+    """``Σ log N(z; loc, exp(log_scale)²)`` over the last ``event_dims`` dimensions."""
+    u = (z - loc) * torch.exp(-log_scale)
+    density = -0.5 * (u * u + _LOG_2PI) - log_scale
+    return density.flatten(start_dim=z.dim() - event_dims).sum(-1)
+
+
+def _check_temperature(temperature: float) -> float:
+    temperature = float(temperature)
+    if not temperature > 0 or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+    return temperature
+
+
+class StandardNormal(BaseDistribution):
+    """``N(0, I)`` on ``features`` (an int) or an event ``shape``.
+
+    ``log p(z) = −½‖z‖² − (D/2) log 2π``.
+
+    Args:
+        shape: number of features or the event shape.
+    """
+
+    def __init__(self, shape: int | Sequence[int]) -> None:
+        super().__init__()
+        self.event_shape = _v.as_shape(shape)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        if _v.is_validating():
+            _v.check_tensor(z, self.event_shape, "StandardNormal.log_prob", "z")
+        d = math.prod(self.event_shape)
+        return -0.5 * z.flatten(1).pow(2).sum(-1) - 0.5 * d * _LOG_2PI
+
+    def sample(
+        self, n: int, context: Tensor | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        t = _check_temperature(temperature)
+        z = torch.randn(int(n), *self.event_shape, dtype=self._anchor.dtype,
+                        device=self._anchor.device)
+        return z if t == 1.0 else z * t
+
+    def sample_and_log_prob(
+        self, n: int, context: Tensor | None = None, temperature: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        z = self.sample(n, context, temperature)
+        return z, self.log_prob(z)
+
+    def extra_repr(self) -> str:
+        return f"event_shape={self.event_shape}"
+
+
+class DiagonalNormal(BaseDistribution):
+    """``N(μ, diag σ²)`` with learnable ``μ`` and ``log σ`` (initialised to 0: standard normal).
+
+    ``log p(z) = Σ_i [−½((z_i − μ_i)/σ_i)² − log σ_i − ½ log 2π]``.
+    """
+
+    def __init__(self, shape: int | Sequence[int]) -> None:
+        super().__init__()
+        self.event_shape = _v.as_shape(shape)
+        self.loc = nn.Parameter(torch.zeros(self.event_shape))
+        self.log_scale = nn.Parameter(torch.zeros(self.event_shape))
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        if _v.is_validating():
+            _v.check_tensor(z, self.event_shape, "DiagonalNormal.log_prob", "z")
+        return _gaussian_log_prob(z, self.loc, self.log_scale, len(self.event_shape))
+
+    def sample(
+        self, n: int, context: Tensor | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        t = _check_temperature(temperature)
+        eps = torch.randn(int(n), *self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + t * torch.exp(self.log_scale) * eps
+
+    def sample_and_log_prob(
+        self, n: int, context: Tensor | None = None, temperature: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        z = self.sample(n, context, temperature)
+        return z, self.log_prob(z)
+
+    def extra_repr(self) -> str:
+        return f"event_shape={self.event_shape}"
+
+
+class ConditionalDiagonalNormal(BaseDistribution):
+    """``N(μ(c), diag σ(c)²)`` where a network maps the context ``c`` to ``(μ, log σ)``.
+
+    Args:
+        shape: number of features or the event shape.
+        context_features: width of the context.
+        hidden: hidden widths of the context network (an MLP, zero-initialised last layer so the
+            distribution starts as ``N(0, I)``).
+    """
+
+    def __init__(
+        self,
+        shape: int | Sequence[int],
+        context_features: int,
+        hidden: Sequence[int] = (64, 64),
+    ) -> None:
+        super().__init__()
+        self.event_shape = _v.as_shape(shape)
+        if int(context_features) <= 0:
+            raise ValueError(f"context_features must be positive, got {context_features}")
+        self.context_features = int(context_features)
+        d = math.prod(self.event_shape)
+        self.net = MLP(self.context_features, 2 * d, hidden, zero_last=True)
+
+    def _params(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        loc, log_scale = self.net(context).chunk(2, dim=-1)
+        shape = (context.shape[0], *self.event_shape)
+        return loc.reshape(shape), log_scale.reshape(shape)
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        if _v.is_validating():
+            _v.check_tensor(z, self.event_shape, "ConditionalDiagonalNormal.log_prob", "z")
+            _v.check_context(context, self.context_features, z.shape[0],
+                             "ConditionalDiagonalNormal")
+        assert context is not None
+        loc, log_scale = self._params(context)
+        return _gaussian_log_prob(z, loc, log_scale, len(self.event_shape))
+
+    def sample(
+        self, n: int, context: Tensor | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        if _v.is_validating():
+            _v.check_context(context, self.context_features, int(n), "ConditionalDiagonalNormal")
+        assert context is not None
+        t = _check_temperature(temperature)
+        loc, log_scale = self._params(context)
+        return loc + t * torch.exp(log_scale) * torch.randn_like(loc)
+
+    def sample_and_log_prob(
+        self, n: int, context: Tensor | None = None, temperature: float = 1.0
+    ) -> tuple[Tensor, Tensor]:
+        z = self.sample(n, context, temperature)
+        return z, self.log_prob(z, context)

@@ -1,0 +1,27 @@
+"""Transforms, one module per family; every public class follows the ``Transform`` contract."""
+
+from pushforward.core import Chain, Inverse, Transform
+from pushforward.transforms.elementwise import Affine, Logit, Sigmoid
+from pushforward.transforms.linear import (
+    InvertibleConv1x1,
+    LULinear,
+    Permutation,
+    RandomPermutation,
+    Reverse,
+)
+from pushforward.transforms.normalization import ActNorm
+
+__all__ = [
+    "Transform",
+    "Chain",
+    "Inverse",
+    "Affine",
+    "Sigmoid",
+    "Logit",
+    "ActNorm",
+    "Permutation",
+    "Reverse",
+    "RandomPermutation",
+    "LULinear",
+    "InvertibleConv1x1",
+]
