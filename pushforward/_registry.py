@@ -1,0 +1,91 @@
+"""The preset registry: presets register by name so the CLI and checkpoints can rebuild them.
+
+``build(name, **options)`` builds one from a string; the flow remembers
+``{"flow": name, "options": ...}`` in ``flow.config`` so a checkpoint can rebuild it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from pushforward.core import Flow
+
+__all__ = ["register", "build", "names", "config_of"]
+
+Preset = Callable[..., Flow]
+_REGISTRY: dict[str, Preset] = {}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"preset option {value!r} is not JSON-serialisable")
+
+
+def register(name: str) -> Callable[[Preset], Preset]:
+    """Register a preset under ``name`` (case-insensitive); its flows record their options."""
+
+    def decorate(fn: Preset) -> Preset:
+        signature = inspect.signature(fn)
+        var_keyword = [
+            p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD
+        ]
+
+        @functools.wraps(fn)
+        def preset(*args: Any, **kwargs: Any) -> Flow:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            flow = fn(*bound.args, **bound.kwargs)
+            options = dict(bound.arguments)
+            for extra in var_keyword:
+                options.update(options.pop(extra, {}))
+            flow.config = {"flow": name.lower(), "options": _jsonable(options)}
+            return flow
+
+        key = name.lower()
+        if key in _REGISTRY:
+            raise ValueError(f"a preset named {name!r} is already registered")
+        _REGISTRY[key] = preset
+        return preset
+
+    return decorate
+
+
+def names() -> list[str]:
+    """The registered preset names."""
+    return sorted(_REGISTRY)
+
+
+def build(name: str, **options: Any) -> Flow:
+    """Build the preset called ``name`` (case-insensitive) with ``options``.
+
+    Raises:
+        ValueError: no preset has that name (the message lists the known ones).
+    """
+    try:
+        preset = _REGISTRY[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown flow {name!r}; choose one of {', '.join(names())}") from None
+    return preset(**options)
+
+
+def config_of(flow: Flow) -> dict[str, Any]:
+    """The ``{"flow": name, "options": {...}}`` record of a preset-built flow.
+
+    Raises:
+        ValueError: the flow was not built by a registered preset.
+    """
+    config = getattr(flow, "config", None)
+    if not isinstance(config, dict):
+        raise ValueError(
+            "this flow was not built by a registered preset, so no config can rebuild it; "
+            "build it with pushforward.flows.build(name, ...) or a preset function"
+        )
+    return config

@@ -1,0 +1,1 @@
+"""Preset definitions, one module per family; ``pushforward.flows`` re-exports them."""
