@@ -26,17 +26,22 @@ class Affine(Transform):
     ``ladj = Σ log|a_i|``; inverse ``z = (x − b) / a``.
 
     Args:
-        shape: number of features or the event shape.
+        shape: number of features or the event shape (inferred from ``scale``/``shift`` if None).
         scale: initial ``a`` (broadcast to ``shape``; default 1). Zero entries are refused.
         shift: initial ``b`` (broadcast to ``shape``; default 0).
     """
 
     def __init__(
         self,
-        shape: int | Sequence[int],
+        shape: int | Sequence[int] | None = None,
         scale: Tensor | float | None = None,
         shift: Tensor | float | None = None,
     ) -> None:
+        if shape is None:
+            given = next((torch.as_tensor(v) for v in (scale, shift) if v is not None), None)
+            if given is None or given.dim() == 0:
+                raise ValueError("Affine: give the shape, or a scale or shift tensor to infer it")
+            shape = tuple(given.shape)
         super().__init__(shape)
         assert self.event_shape is not None
         a = torch.ones(self.event_shape)
