@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "activation", "with_context"]
+__all__ = ["MLP", "MADE", "MaskedLinear", "activation", "with_context"]
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -79,3 +79,205 @@ class MLP(nn.Sequential):
 def with_context(x: Tensor, context: Tensor | None) -> Tensor:
     """Concatenate a context to the features: ``[x, context]`` along the last dimension."""
     return x if context is None else torch.cat([x, context.to(x.dtype)], dim=-1)
+
+
+# -- MADE: masked autoencoder for distribution estimation -------------------------------------
+
+
+class MaskedLinear(nn.Linear):
+    """A linear layer with a fixed 0/1 connectivity mask: ``y = (W ⊙ M) x + b``.
+
+    The mask is applied once per call (``weight * mask``), so a masked entry never contributes
+    and never receives a gradient, whatever value the stored weight takes.
+
+    Args:
+        mask: ``(out_features, in_features)`` 0/1 tensor.
+        bias: whether the layer has a bias.
+    """
+
+    def __init__(self, mask: Tensor, bias: bool = True) -> None:
+        out_features, in_features = mask.shape
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def masked_weight(self) -> Tensor:
+        """``W ⊙ M``."""
+        return self.weight * self.mask
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+
+
+def _degrees(features: int, ordering: str | Sequence[int] | Tensor, seed: int) -> Tensor:
+    """Input degrees ``1 … d``: feature ``i`` is generated ``degree[i]``-th."""
+    d = features
+    if isinstance(ordering, str):
+        if ordering == "natural":
+            return torch.arange(1, d + 1)
+        if ordering in ("reversed", "reverse"):
+            return torch.arange(d, 0, -1)
+        if ordering == "random":
+            generator = torch.Generator().manual_seed(int(seed))
+            return torch.randperm(d, generator=generator) + 1
+        raise ValueError(
+            f"MADE: unknown ordering {ordering!r}; use 'natural', 'reversed', 'random' or a "
+            "permutation of the features"
+        )
+    order = torch.as_tensor(ordering, dtype=torch.long).flatten()
+    if order.numel() != d or not torch.equal(torch.sort(order).values, torch.arange(d)):
+        raise ValueError(f"MADE: ordering {ordering!r} is not a permutation of 0..{d - 1}")
+    degrees = torch.empty(d, dtype=torch.long)
+    degrees[order] = torch.arange(1, d + 1)
+    return degrees
+
+
+class MADE(nn.Module):
+    """Masked autoencoder: ``params[i]`` depends only on the features generated before ``i``.
+
+    Input degrees follow the ordering (feature ``i`` gets degree ``m(i) ∈ {1 … d}``); hidden
+    units get degrees cycling through ``{1 … d−1}`` (``{0 … d−1}`` with a context, so the first
+    feature can still depend on it); a hidden unit of degree ``k`` sees inputs of degree ``≤ k``
+    and an output of feature ``i`` sees hidden units of degree ``< m(i)``. The context enters
+    every unit of the first hidden layer without mask, hence every hidden unit and every output.
+    ``∂ params[i] / ∂ x_j = 0`` whenever ``m(j) ≥ m(i)``.
+
+    Args:
+        features: the dimension ``d``.
+        params: numbers produced per feature; the output is ``(batch, d, params)``.
+        hidden: widths of the hidden layers (``()``: a single masked linear layer).
+        context_features: width of the context (0: none).
+        ordering: ``"natural"`` (0, 1, …), ``"reversed"``, ``"random"`` (drawn from ``seed``),
+            or the features listed in the order they are generated.
+        seed: seed of the random ordering.
+        residual: use masked residual blocks ``h ← h + W act(h) + b`` between hidden layers
+            (all hidden widths must then be equal).
+        activation: name or factory of the activation.
+
+    References:
+        MADE: Masked Autoencoder for Distribution Estimation. Germain, Gregor, Murray,
+        Larochelle, 2015. arXiv:1502.03509.
+
+    Example:
+        >>> import torch
+        >>> made = MADE(3, params=2, hidden=(8,))
+        >>> made(torch.randn(5, 3)).shape
+        torch.Size([5, 3, 2])
+    """
+
+    def __init__(
+        self,
+        features: int,
+        params: int = 1,
+        hidden: Sequence[int] = (64, 64),
+        context_features: int = 0,
+        ordering: str | Sequence[int] | Tensor = "natural",
+        seed: int = 0,
+        residual: bool = False,
+        activation: str | Callable[[], nn.Module] = "relu",
+    ) -> None:
+        super().__init__()
+        d, p, c = int(features), int(params), int(context_features)
+        hidden = [int(h) for h in hidden]
+        if d < 1 or p < 1 or c < 0 or any(h < 1 for h in hidden):
+            raise ValueError(
+                f"MADE: need features >= 1, params >= 1, context_features >= 0 and positive "
+                f"hidden widths, got features={d}, params={p}, context_features={c}, "
+                f"hidden={hidden}"
+            )
+        if residual and (not hidden or len(set(hidden)) != 1):
+            raise ValueError(f"MADE: residual blocks need equal hidden widths, got {hidden}")
+        self.features, self.params, self.context_features = d, p, c
+        self.residual = bool(residual)
+        degrees = _degrees(d, ordering, seed)
+        self.register_buffer("degrees", degrees)
+        low = 0 if (c or d == 1) else 1
+        previous = degrees
+        layers = []
+        for width in hidden:
+            current = low + torch.arange(width) % (d - low)
+            layers.append(MaskedLinear(current[:, None] >= previous[None, :]))
+            previous = current
+        out_degrees = degrees.repeat_interleave(p)
+        layers.append(MaskedLinear(out_degrees[:, None] > previous[None, :]))
+        self.layers = nn.ModuleList(layers)
+        self.context = nn.Linear(c, layers[0].out_features, bias=False) if c else None
+        self.activation = _make_activation(activation)
+
+    def _first(self, x: Tensor, context: Tensor | None) -> Tensor:
+        if self.context is None:
+            if context is not None:
+                raise ValueError("MADE: got a context but context_features=0")
+            return x
+        if context is None:
+            raise ValueError(f"MADE: needs a context of width {self.context_features}")
+        return x + self.context(context)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Parameters ``(*batch, d, params)`` of every feature, in one pass."""
+        layers = self.layers
+        h = self._first(layers[0](x), context)
+        last = len(layers) - 1
+        for i in range(1, last + 1):
+            if self.residual and i < last:
+                h = h + layers[i](self.activation(h))
+            else:
+                h = layers[i](self.activation(h))
+        return h.unflatten(-1, (self.features, self.params))
+
+    def sequential(
+        self,
+        step: Callable[[int, Tensor], tuple[Tensor, Tensor]],
+        like: Tensor,
+        context: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Solve ``u_i = step(i, params_i(u))`` feature by feature in the ordering.
+
+        Used by the sequential direction of autoregressive transforms: one pass per feature
+        (``d`` in all). Masked weights are formed once; the first layer is updated by a rank-one
+        term per new feature instead of a full product, and only the rows of the output layer
+        that belong to the current feature are evaluated.
+
+        Args:
+            step: ``step(i, params)`` with ``params`` of shape ``(batch, params)`` returns the
+                value of feature ``i`` and an extra per-feature number (e.g. its log-derivative),
+                both ``(batch,)``.
+            like: a ``(batch, d)`` tensor giving batch size, dtype and device.
+            context: ``(batch, context_features)`` or None.
+
+        Returns:
+            ``u`` and the extras, both ``(batch, d)``.
+        """
+        layers = self.layers
+        weights = [layer.weight * layer.mask for layer in layers]
+        first = weights[0]
+        pre = self._first(layers[0].bias.expand(like.shape[0], -1), context)
+        d, p = self.features, self.params
+        out_weight = weights[-1].unflatten(0, (d, p))
+        out_bias = layers[-1].bias.unflatten(0, (d, p))
+        last = len(layers) - 1
+        order = torch.argsort(self.degrees).tolist()
+        values: list[Tensor] = []
+        extras: list[Tensor] = []
+        previous = -1
+        for i in order:
+            if previous >= 0:
+                pre = torch.addr(pre, values[-1], first[:, previous])
+            if last == 0:
+                params = pre[:, i * p : (i + 1) * p]
+            else:
+                h = pre
+                for k in range(1, last):
+                    if self.residual:
+                        h = h + nn.functional.linear(
+                            self.activation(h), weights[k], layers[k].bias
+                        )
+                    else:
+                        h = nn.functional.linear(self.activation(h), weights[k], layers[k].bias)
+                params = nn.functional.linear(self.activation(h), out_weight[i], out_bias[i])
+            value, extra = step(i, params)
+            values.append(value)
+            extras.append(extra)
+            previous = i
+        inverse = torch.argsort(torch.tensor(order, device=like.device))
+        u = torch.stack(values, dim=1).index_select(1, inverse)
+        return u, torch.stack(extras, dim=1).index_select(1, inverse)

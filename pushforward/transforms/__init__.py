@@ -1,6 +1,7 @@
 """Transforms, one module per family; every public class follows the ``Transform`` contract."""
 
 from pushforward.core import Chain, Inverse, Transform
+from pushforward.transforms.autoregressive import InverseAutoregressive, MaskedAutoregressive
 from pushforward.transforms.elementwise import Affine, Logit, Sigmoid
 from pushforward.transforms.linear import (
     InvertibleConv1x1,
@@ -10,6 +11,7 @@ from pushforward.transforms.linear import (
     Reverse,
 )
 from pushforward.transforms.normalization import ActNorm
+from pushforward.transforms.splines import RationalQuadraticMap, rational_quadratic_spline
 
 __all__ = [
     "Transform",
@@ -24,4 +26,8 @@ __all__ = [
     "RandomPermutation",
     "LULinear",
     "InvertibleConv1x1",
+    "MaskedAutoregressive",
+    "InverseAutoregressive",
+    "RationalQuadraticMap",
+    "rational_quadratic_spline",
 ]

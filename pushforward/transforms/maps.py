@@ -13,7 +13,14 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["ElementwiseMap", "AffineMap", "AdditiveMap", "elementwise_map", "soft_clamp"]
+__all__ = [
+    "ElementwiseMap",
+    "AffineMap",
+    "AdditiveMap",
+    "elementwise_map",
+    "register_map",
+    "soft_clamp",
+]
 
 
 def soft_clamp(u: Tensor, bound: float) -> Tensor:
