@@ -8,5 +8,6 @@ below makes them public and registered.
 """
 
 from pushforward._registry import build, config_of, names, register
+from pushforward.presets.autoregressive import IAF, MAF, NSF
 
-__all__ = ["build", "config_of", "names", "register"]
+__all__ = ["build", "config_of", "names", "register", "MAF", "IAF", "NSF"]
