@@ -4,7 +4,7 @@ Forward is the generative direction ``z -> x``; every transform returns its per-
 ``log|det|``; a ``Flow`` pushes a base distribution through a transform.
 """
 
-from pushforward import diagnostics, distributions, flows, nn, transforms
+from pushforward import diagnostics, distributions, flows, manifolds, nn, transforms
 from pushforward._validation import (
     InputOutsideDomain,
     is_validating,
@@ -36,4 +36,5 @@ __all__ = [
     "diagnostics",
     "flows",
     "nn",
+    "manifolds",
 ]
