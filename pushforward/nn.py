@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "MADE", "MaskedLinear", "activation", "with_context"]
+__all__ = ["MLP", "MADE", "MaskedLinear", "ConvNet", "activation", "with_context"]
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -281,3 +281,68 @@ class MADE(nn.Module):
         inverse = torch.argsort(torch.tensor(order, device=like.device))
         u = torch.stack(values, dim=1).index_select(1, inverse)
         return u, torch.stack(extras, dim=1).index_select(1, inverse)
+
+
+# -- convolutional conditioners (coupling layers on images) ------------------------------------
+
+
+class ConvNet(nn.Module):
+    """A small residual conv net ``(B, in, H, W) -> (B, out, H, W)`` (spatial size kept).
+
+    ``conv3×3(in → hidden)``, then ``blocks`` residual blocks
+    ``h ← h + conv1×1(act(conv3×3(act(h))))``, then ``act`` and a ``conv3×3(hidden → out)``
+    (zero-initialised with ``zero_last``, so a coupling layer starts at the identity, as in Glow).
+    Padding keeps the spatial size, so it works down to 1×1 images.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        hidden: channels of the hidden layers.
+        blocks: number of residual blocks (0: a plain three-layer conv net).
+        activation: name or factory of the activation.
+        zero_last: initialise the last convolution to zero.
+
+    Example:
+        >>> import torch
+        >>> ConvNet(3, 6, hidden=8)(torch.randn(2, 3, 4, 4)).shape
+        torch.Size([2, 6, 4, 4])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        blocks: int = 1,
+        activation: str | Callable[[], nn.Module] = "relu",
+        zero_last: bool = True,
+    ) -> None:
+        super().__init__()
+        in_channels, out_channels, hidden = int(in_channels), int(out_channels), int(hidden)
+        if in_channels < 1 or out_channels < 1 or hidden < 1 or int(blocks) < 0:
+            raise ValueError(
+                f"ConvNet: need positive channel counts and blocks >= 0, got in={in_channels}, "
+                f"out={out_channels}, hidden={hidden}, blocks={blocks}"
+            )
+        self.stem = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                _make_activation(activation),
+                nn.Conv2d(hidden, hidden, 3, padding=1),
+                _make_activation(activation),
+                nn.Conv2d(hidden, hidden, 1),
+            )
+            for _ in range(int(blocks))
+        )
+        self.head = nn.Sequential(
+            _make_activation(activation), nn.Conv2d(hidden, out_channels, 3, padding=1)
+        )
+        if zero_last:
+            nn.init.zeros_(self.head[1].weight)
+            nn.init.zeros_(self.head[1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        h = self.stem(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.head(h)

@@ -2,7 +2,14 @@
 
 from pushforward.core import Chain, Inverse, Transform
 from pushforward.transforms.autoregressive import InverseAutoregressive, MaskedAutoregressive
+from pushforward.transforms.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    Coupling,
+    coupling_mask,
+)
 from pushforward.transforms.elementwise import Affine, Logit, Sigmoid
+from pushforward.transforms.images import Flatten, MultiScale, Squeeze
 from pushforward.transforms.linear import (
     InvertibleConv1x1,
     LULinear,
@@ -11,6 +18,7 @@ from pushforward.transforms.linear import (
     Reverse,
 )
 from pushforward.transforms.normalization import ActNorm
+from pushforward.transforms.planar import Planar, Radial
 from pushforward.transforms.splines import RationalQuadraticMap, rational_quadratic_spline
 
 __all__ = [
@@ -26,6 +34,15 @@ __all__ = [
     "RandomPermutation",
     "LULinear",
     "InvertibleConv1x1",
+    "Planar",
+    "Radial",
+    "Coupling",
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "coupling_mask",
+    "Squeeze",
+    "Flatten",
+    "MultiScale",
     "MaskedAutoregressive",
     "InverseAutoregressive",
     "RationalQuadraticMap",
