@@ -10,6 +10,8 @@ below makes them public and registered.
 from pushforward._registry import build, config_of, names, register
 from pushforward.presets.autoregressive import IAF, MAF, NSF
 from pushforward.presets.discrete import NICE, Glow, Planar, Radial, RealNVP
+from pushforward.presets.manifolds import SphericalFlow
 
 __all__ = ["build", "config_of", "names", "register", "MAF", "IAF", "NSF",
-           "Planar", "Radial", "NICE", "RealNVP", "Glow"]
+           "Planar", "Radial", "NICE", "RealNVP", "Glow",
+           "SphericalFlow"]

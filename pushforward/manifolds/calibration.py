@@ -238,13 +238,18 @@ class GeneralizedCalibration(_SimplexFlow):
     def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         a, logdet, c = self._params(context, z.dtype)
         log_p = torch.log(z)
-        log_q = torch.log_softmax((a @ log_p.unsqueeze(-1)).squeeze(-1) + c, dim=-1)
+        v = log_p @ a[0].T if a.shape[0] == 1 else (a @ log_p.unsqueeze(-1)).squeeze(-1)
+        log_q = torch.log_softmax(v + c, dim=-1)
         return log_q.exp(), logdet + _log_ratio(log_q, log_p)
 
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         a, logdet, c = self._params(context, x.dtype)
         log_q = torch.log(x)
-        v = torch.linalg.solve(a, (log_q - c).unsqueeze(-1)).squeeze(-1)
+        rhs = log_q - c
+        if a.shape[0] == 1:
+            v = torch.linalg.solve(a[0], rhs.T).T
+        else:
+            v = torch.linalg.solve(a, rhs.unsqueeze(-1)).squeeze(-1)
         log_p = torch.log_softmax(v, dim=-1)
         return log_p.exp(), -(logdet + _log_ratio(log_q, log_p))
 

@@ -41,7 +41,7 @@ def _normalized_affine(z: Tensor, m: Tensor | None, logdet: Tensor | None, b: Te
     n = z.shape[-1]
     u = z if b is None else z + b
     if m is not None:
-        u = (m @ u.unsqueeze(-1)).squeeze(-1)
+        u = u @ m[0].T if m.shape[0] == 1 else (m @ u.unsqueeze(-1)).squeeze(-1)
     r = torch.linalg.vector_norm(u, dim=-1)
     ladj = -n * torch.log(r)
     if b is not None:
@@ -61,7 +61,12 @@ def _normalized_affine_inverse(x: Tensor, m: Tensor | None, logdet: Tensor | Non
     ``‖M(z + b)‖ = ℓ``.
     """
     n = x.shape[-1]
-    w = x if m is None else torch.linalg.solve(m, x.unsqueeze(-1)).squeeze(-1)
+    if m is None:
+        w = x
+    elif m.shape[0] == 1:  # one matrix for the batch: one factorisation, many right-hand sides
+        w = torch.linalg.solve(m[0], x.T).T
+    else:
+        w = torch.linalg.solve(m, x.unsqueeze(-1)).squeeze(-1)
     rho2 = (w * w).sum(-1)
     if b is None:
         ladj = -0.5 * n * torch.log(rho2)
