@@ -1,0 +1,17 @@
+"""Training: maximum likelihood and reverse KL, checkpoints without pickle, DDP under torchrun."""
+
+from pushforward.training import distributed
+from pushforward.training.checkpoint import load, load_checkpoint, save
+from pushforward.training.fit import History, TrainingDiverged, fit, fit_reverse_kl, regularization
+
+__all__ = [
+    "fit",
+    "fit_reverse_kl",
+    "History",
+    "TrainingDiverged",
+    "regularization",
+    "save",
+    "load",
+    "load_checkpoint",
+    "distributed",
+]

@@ -1,0 +1,354 @@
+"""Checkpoints without pickle: ``safetensors`` for tensors, JSON for everything else.
+
+``save(flow, dir)`` writes ``model.safetensors`` (weights, plus the flow config and a SHA-256 of
+the tensors in its metadata) and ``config.json`` (the same config, readable). ``load(dir)``
+rebuilds the flow with ``pushforward.flows.build(config["flow"], **config["options"])``, re-adds
+recorded pre-processing layers and loads the weights. Every file is written atomically (a temp
+file in the same folder, ``fsync``, ``os.replace``), so a crash mid-write leaves the previous file.
+Loading never unpickles; a corrupt, truncated, tampered, wrong-shape or wrong-config checkpoint
+raises a one-line ``ValueError``.
+
+The training state for exact resume (optimiser moments, schedule, step, data position, RNG states
+of torch / numpy / random, best-so-far weights) is one more self-verifying safetensors file,
+``training_state.safetensors``, with its scalars as JSON in the metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as _st_load
+from safetensors.torch import save as _st_save
+from torch import Tensor
+
+from pushforward._registry import build, config_of
+from pushforward.core import Flow
+
+__all__ = [
+    "save",
+    "load",
+    "load_checkpoint",
+    "read_config",
+    "write_tensors",
+    "read_tensors",
+    "atomic_write",
+    "MODEL_FILE",
+    "CONFIG_FILE",
+    "STATE_FILE",
+]
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "training_state.safetensors"
+FORMAT = "pushforward"
+VERSION = 1
+_MAX_CONFIG_BYTES = 16 * 2**20
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16}
+
+
+# -- atomic files ------------------------------------------------------------------------------
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _digest(tensors: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict[str, Tensor],
+                  meta: dict[str, Any]) -> None:
+    """Atomically write tensors and a JSON record (``meta``) into one safetensors file."""
+    flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    metadata = {
+        "format": FORMAT,
+        "version": str(VERSION),
+        "meta": json.dumps(meta, sort_keys=True, allow_nan=False),
+        "sha256": _digest(flat),
+    }
+    atomic_write(path, _st_save(flat, metadata=metadata))
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a file written by ``write_tensors`` and verify it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a pushforward safetensors file, truncated, or its contents do not match
+            the recorded checksum.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    data = path.read_bytes()
+    try:
+        tensors = _st_load(data)
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path} is not a valid safetensors file ({reason})") from None
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} was not written by pushforward (no format record)")
+    if metadata.get("version") != str(VERSION):
+        raise ValueError(f"{path}: unsupported checkpoint version {metadata.get('version')!r}")
+    if metadata.get("sha256") != _digest(tensors):
+        raise ValueError(f"{path}: checksum mismatch, the file is corrupt or was modified")
+    try:
+        meta = json.loads(metadata.get("meta", ""))
+    except json.JSONDecodeError:
+        raise ValueError(f"{path}: its metadata record is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its metadata record is not a JSON object")
+    return tensors, meta
+
+
+# -- the model ---------------------------------------------------------------------------------
+def _dtype_name(flow: Flow) -> str:
+    for tensor in (*flow.parameters(), *flow.buffers()):
+        if tensor.is_floating_point():
+            return str(tensor.dtype).replace("torch.", "")
+    return "float32"
+
+
+def _model_config(flow: Flow, extra: dict[str, Any] | None) -> dict[str, Any]:
+    record = config_of(flow)
+    config = {"format": FORMAT, "version": VERSION, **(extra or {}), **record,
+              "dtype": _dtype_name(flow)}
+    try:
+        json.dumps(config, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"the checkpoint config is not JSON-serialisable: {error}") from None
+    return config
+
+
+def _state(flow: Flow) -> dict[str, Tensor]:
+    state = {k: v for k, v in flow.state_dict().items() if isinstance(v, Tensor)}
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(
+                f"refusing to save: {name} holds NaN/inf values (the model diverged)"
+            )
+    return state
+
+
+def save(flow: Flow, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Save a preset-built flow into the folder ``path`` (created if needed).
+
+    Writes ``model.safetensors`` then ``config.json``, each atomically. ``extra`` adds JSON keys to
+    the config (the CLI records its dataset and arguments there).
+
+    Raises:
+        ValueError: the flow was not built by a registered preset, its config is not JSON, or
+            its weights hold NaN/inf (a diverged model is never written over a good one).
+    """
+    folder = Path(path)
+    config = _model_config(flow, extra)
+    write_tensors(folder / MODEL_FILE, _state(flow), config)
+    atomic_write(folder / CONFIG_FILE, (json.dumps(config, indent=2, sort_keys=True,
+                                                   allow_nan=False) + "\n").encode())
+    return folder
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint folder, checked for shape (not for weights).
+
+    Raises:
+        FileNotFoundError: no such folder or no config.json in it.
+        ValueError: malformed JSON or missing keys.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no checkpoint folder {folder}")
+    file = folder / CONFIG_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{folder} holds no {CONFIG_FILE} (not a checkpoint folder)")
+    if file.stat().st_size > _MAX_CONFIG_BYTES:
+        raise ValueError(f"{file} is too large to be a checkpoint config")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{file} is not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file} must hold a JSON object")
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{file} is not a pushforward checkpoint config")
+    if not isinstance(config.get("flow"), str) or not isinstance(config.get("options"), dict):
+        raise ValueError(f"{file} needs a 'flow' name and an 'options' object")
+    if config.get("dtype", "float32") not in _DTYPES:
+        raise ValueError(f"{file}: unknown dtype {config.get('dtype')!r}")
+    return config
+
+
+def rebuild(config: dict[str, Any]) -> Flow:
+    """Build the (untrained) flow a config describes, pre-processing layers included."""
+    from pushforward.data.preprocess import unwrap_spec, wrap
+
+    try:
+        flow = build(config["flow"], **config["options"])
+    except Exception as error:  # a preset may raise anything on bad options
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"config cannot rebuild flow {config['flow']!r}: {reason}") from None
+    flow = wrap(flow, unwrap_spec(config))
+    return flow.to(_DTYPES[config.get("dtype", "float32")])
+
+
+def load_state(flow: Flow, state: dict[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``flow`` strictly, with one-line errors for any mismatch."""
+    expected = flow.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        what = (f"missing {missing[:3]}" if missing else "") + (
+            f"{'; ' if missing else ''}unexpected {unexpected[:3]}" if unexpected else "")
+        raise ValueError(f"{source} does not match the model: {what}")
+    for key, value in state.items():
+        target = expected[key]
+        if tuple(value.shape) != tuple(target.shape):
+            raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the model "
+                             f"needs {tuple(target.shape)}")
+        if value.is_floating_point() != target.is_floating_point():
+            raise ValueError(f"{source}: {key} has dtype {value.dtype}, expected {target.dtype}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{source}: {key} holds NaN/inf values")
+    flow.load_state_dict(state, strict=True)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[Flow, dict[str, Any]]:
+    """``load`` that also returns the checkpoint's config (with the CLI's extra keys)."""
+    folder = Path(path)
+    config = read_config(folder)
+    tensors, stored = read_tensors(folder / MODEL_FILE)
+    if stored != config:
+        raise ValueError(
+            f"{folder / CONFIG_FILE} does not match the config stored in {MODEL_FILE} "
+            "(edited or from another run)"
+        )
+    flow = rebuild(config)
+    load_state(flow, tensors, str(folder / MODEL_FILE))
+    flow.eval()
+    flow.config = {k: config[k] for k in ("flow", "options", "preprocess") if k in config}
+    return flow, config
+
+
+def load(path: str | os.PathLike) -> Flow:
+    """Load a flow saved by ``save`` (never unpickles), in eval mode.
+
+    Raises:
+        FileNotFoundError: the folder or its files are missing.
+        ValueError: corrupt, truncated, tampered, wrong-shape or wrong-config checkpoint.
+    """
+    return load_checkpoint(path)[0]
+
+
+# -- RNG and optimiser state (used by fit) -------------------------------------------------------
+def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The states of torch's, numpy's and Python's global generators, as tensors + JSON."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    version, internal, gauss = random.getstate()
+    tensors["rng.python"] = torch.tensor(internal, dtype=torch.int64)
+    meta = {"numpy": [kind, int(pos), int(has_gauss), float(cached)],
+            "python": [version, gauss]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
+    try:
+        torch.set_rng_state(tensors["rng.torch"].to(torch.uint8))
+        cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([tensors[k].to(torch.uint8) for k in cuda])
+        kind, pos, has_gauss, cached = meta["numpy"]
+        keys = tensors["rng.numpy"].numpy().astype(np.uint32)
+        np.random.set_state((kind, keys, int(pos), int(has_gauss), float(cached)))
+        version, gauss = meta["python"]
+        internal = tuple(int(v) for v in tensors["rng.python"].tolist())
+        random.setstate((int(version), internal, gauss))
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"training state: malformed RNG record ({error})") from None
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list]:
+    """An optimiser's state as tensors (``optim.<param>.<name>``) + JSON param groups."""
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, entry in state["state"].items():
+        for name, value in entry.items():
+            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value)
+    groups = []
+    for group in state["param_groups"]:
+        groups.append({k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()})
+    return tensors, groups
+
+
+def set_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor],
+                        groups: list) -> None:
+    """Restore what ``optimizer_state`` returned (shapes are checked)."""
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if not key.startswith("optim."):
+            continue
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    try:
+        fixed = []
+        for group in groups:
+            fixed.append({k: (tuple(v) if k == "betas" else v) for k, v in group.items()})
+        current = optimizer.state_dict()["param_groups"]
+        if [len(g["params"]) for g in fixed] != [len(g["params"]) for g in current]:
+            raise ValueError("parameter groups differ from the model's")
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        for index, entry in state.items():
+            for name in ("exp_avg", "exp_avg_sq"):
+                if name in entry and entry[name].shape != params[index].shape:
+                    raise ValueError(f"optimiser {name} of parameter {index} has shape "
+                                     f"{tuple(entry[name].shape)}, expected "
+                                     f"{tuple(params[index].shape)}")
+        optimizer.load_state_dict({"state": state, "param_groups": fixed})
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"training state: optimiser record does not fit ({error})") from None
