@@ -17,9 +17,12 @@ from pushforward.transforms.linear import (
     RandomPermutation,
     Reverse,
 )
-from pushforward.transforms.normalization import ActNorm
+from pushforward.transforms.naf import DeepSigmoidalMap, NeuralAutoregressive
+from pushforward.transforms.normalization import ActNorm, BatchNorm
 from pushforward.transforms.planar import Planar, Radial
+from pushforward.transforms.residual import ResidualBlock
 from pushforward.transforms.splines import RationalQuadraticMap, rational_quadratic_spline
+from pushforward.transforms.sylvester import Sylvester
 
 __all__ = [
     "Transform",
@@ -47,4 +50,9 @@ __all__ = [
     "InverseAutoregressive",
     "RationalQuadraticMap",
     "rational_quadratic_spline",
+    "Sylvester",
+    "ResidualBlock",
+    "NeuralAutoregressive",
+    "DeepSigmoidalMap",
+    "BatchNorm",
 ]
