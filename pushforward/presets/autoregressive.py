@@ -16,7 +16,7 @@ from pushforward._registry import register
 from pushforward.core import Flow, Transform
 from pushforward.distributions import StandardNormal
 from pushforward.transforms.autoregressive import InverseAutoregressive, MaskedAutoregressive
-from pushforward.transforms.linear import RandomPermutation, Reverse
+from pushforward.transforms.linear import RandomPermutation
 
 __all__ = ["MAF", "IAF", "NSF"]
 
@@ -167,7 +167,8 @@ def NSF(
 
     Autoregressive by default (a MAF whose elementwise map is a spline, one MADE pass per layer
     for the density); ``coupling=True`` uses spline coupling layers instead (one pass in both
-    directions), with a permutation layer between them.
+    directions); their halves swap from layer to layer (``permutation="random"``: a random
+    permutation layer between them instead).
 
     Args:
         features: the dimension ``d``.
@@ -212,17 +213,23 @@ def _coupling_layers(
     features: int, context: int, transforms: int, hidden: Sequence[int], bins: int,
     bound: float, activation: str, permutation: str, seed: int,
 ) -> list[Transform]:
+    from pushforward.transforms.coupling import Coupling, coupling_mask
+
     if features < 2:
         raise ValueError("NSF: coupling layers need features >= 2 (use coupling=False)")
-    from pushforward.transforms.coupling import Coupling
     layers: list[Transform] = []
     for i in range(transforms):
-        if i and permutation == "reverse":
-            layers.append(Reverse(features))
-        elif i and permutation == "random":
-            layers.append(RandomPermutation(features, seed=seed + i))
+        if permutation == "random":
+            # a fresh random permutation before every layer, the half mask stays put
+            if i:
+                layers.append(RandomPermutation(features, seed=seed + i))
+            mask = coupling_mask(features, "half")
+        else:
+            # "reverse" (and "none", which would leave half the features untouched forever):
+            # the two halves swap roles from one layer to the next
+            mask = coupling_mask(features, "half", flip=i % 2 == 1)
         layers.append(
-            Coupling(features, context, transformer="spline", hidden=hidden,
-                     activation=activation, bins=bins, bound=bound)
+            Coupling(mask, "spline", context, hidden=hidden, activation=activation, bins=bins,
+                     bound=bound)
         )
     return layers
