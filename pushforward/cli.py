@@ -264,7 +264,7 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
 # -- train ----------------------------------------------------------------------------------------
 _TRAIN_KEYS = ("dataset", "flow", "batch_size", "lr", "seed", "manifold", "preprocess",
                "schedule", "clip_grad", "val_every", "patience", "checkpoint_every", "dtype",
-               "option", "size")
+               "option", "size", "bounds")
 
 
 @command("train", help="train a flow and write model, config, metrics and plots")
@@ -297,6 +297,10 @@ def _train_parser(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("--option", action="append", type=_option, metavar="KEY=VALUE",
                    help="a preset option, e.g. --option transforms=8 --option hidden=[64,64]")
     p.add_argument("--size", type=_positive_int, help="points drawn from a toy density")
+    p.add_argument("--bounds", metavar="auto|LOW,HIGH",
+                   help="data in a box: end the flow with a sigmoid onto [LOW, HIGH] (every "
+                        "feature), or onto the data's range widened by 5%% ('auto'); "
+                        "replaces the standardisation (vector data only)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -319,7 +323,7 @@ def _resolve_train_args(args: argparse.Namespace) -> tuple[dict[str, Any], Path,
             stored = dict(read_config(out).get("train") or {})
             resuming = True
             for key in ("dataset", "flow", "seed", "batch_size", "manifold", "preprocess",
-                        "option", "size", "dtype"):
+                        "option", "size", "dtype", "bounds"):
                 if key in explicit and key in stored and _norm(explicit[key]) != _norm(
                         stored[key]):
                     raise CommandError(
@@ -332,6 +336,7 @@ def _resolve_train_args(args: argparse.Namespace) -> tuple[dict[str, Any], Path,
                 "lr": DEFAULT_LR, "seed": 0, "manifold": None, "preprocess": "logit",
                 "schedule": "cosine", "clip_grad": 5.0, "val_every": None, "patience": None,
                 "checkpoint_every": None, "dtype": "float32", "option": [], "size": None,
+                "bounds": None,
                 "steps": None, "epochs": None}
     settings.update(stored)
     settings.update(explicit)
@@ -345,6 +350,31 @@ def _resolve_train_args(args: argparse.Namespace) -> tuple[dict[str, Any], Path,
             else str(settings["dataset"])
         out = Path("runs") / f"{stem}-{settings['flow']}"
     return settings, out, resuming
+
+
+def _apply_bounds(bundle: Any, text: str) -> None:
+    """Replace the bundle's pre-processing by a sigmoid onto a box (``--bounds``)."""
+    from pushforward.transforms import Sigmoid, box_bounds
+
+    if bundle.kind != "vector":
+        raise CommandError(f"--bounds applies to vector data, not {bundle.kind} data")
+    if text.strip().lower() == "auto":
+        low, high = box_bounds(torch.cat([bundle.train, bundle.val, bundle.test]))
+    else:
+        try:
+            low_v, high_v = (float(v) for v in text.split(","))
+        except ValueError:
+            raise CommandError(f"--bounds must be 'auto' or LOW,HIGH, got {text!r}") from None
+        if not low_v < high_v:
+            raise CommandError(f"--bounds: LOW must be below HIGH, got {text!r}")
+        low, high = [low_v] * bundle.dims, [high_v] * bundle.dims
+    for name in ("train", "val", "test"):
+        x = getattr(bundle, name)
+        outside = (x < torch.tensor(low)) | (x > torch.tensor(high))
+        if bool(outside.any()):
+            raise CommandError(f"--bounds {text}: {int(outside.any(-1).sum())} {name} point(s) "
+                               "lie outside the box; widen it or use --bounds auto")
+    bundle.preprocess = [Sigmoid(torch.tensor(low), torch.tensor(high), bundle.event_shape)]
 
 
 def _norm(value: Any) -> Any:
@@ -362,6 +392,8 @@ def _run_train(args: argparse.Namespace) -> int:
                           manifold=settings["manifold"],
                           image_preprocessing=settings["preprocess"], size=settings["size"])
     _set_threads(args.threads, bundle.kind == "image")
+    if settings["bounds"] is not None:
+        _apply_bounds(bundle, settings["bounds"])
     device = _device(args.device)
     dtype = torch.float64 if settings["dtype"] == "float64" else torch.float32
     torch.manual_seed(settings["seed"])

@@ -167,6 +167,11 @@ def from_spec(spec: dict[str, Any]) -> Transform:
             return LogitPreprocessing(tuple(spec["shape"]), spec["alpha"])
         if kind == "reshape":
             return Reshape(tuple(spec["shape"]), tuple(spec["latent"]))
+        if kind == "sigmoid":
+            from pushforward.transforms.elementwise import Sigmoid
+
+            return Sigmoid(torch.tensor(spec["low"]), torch.tensor(spec["high"]),
+                           tuple(spec["shape"]) or None)
     except (KeyError, TypeError) as error:
         raise ValueError(f"malformed {kind!r} pre-processing record: {error}") from None
     raise ValueError(f"unknown pre-processing layer {kind!r}")

@@ -2,6 +2,7 @@
 
 from pushforward.core import Chain, Inverse, Transform
 from pushforward.transforms.autoregressive import InverseAutoregressive, MaskedAutoregressive
+from pushforward.transforms.box import bounded, box_bounds
 from pushforward.transforms.coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -55,4 +56,6 @@ __all__ = [
     "NeuralAutoregressive",
     "DeepSigmoidalMap",
     "BatchNorm",
+    "bounded",
+    "box_bounds",
 ]

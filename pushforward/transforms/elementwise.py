@@ -101,6 +101,11 @@ class Sigmoid(Transform):
         self.register_buffer("low", low_t)
         self.register_buffer("high", high_t)
 
+    def spec(self) -> dict[str, object]:
+        """A JSON record that rebuilds this layer (used by checkpoints of bounded flows)."""
+        return {"type": "sigmoid", "low": self.low.tolist(), "high": self.high.tolist(),
+                "shape": list(self.event_shape or ())}
+
     def _log_width(self, like: Tensor) -> Tensor:
         return torch.log(self.high - self.low).expand_as(like)
 
