@@ -31,7 +31,7 @@ __all__ = ["main", "command", "DEFAULT_DATASET", "DEFAULT_FLOW"]
 
 DEFAULT_DATASET = "moons"
 DEFAULT_FLOW = "nsf"
-DEFAULT_STEPS = 3000
+DEFAULT_STEPS = 2000
 DEFAULT_LR = 2e-3
 DEFAULT_BATCH = 256
 HISTORY_FILE = "history.json"
@@ -118,6 +118,7 @@ def _build_flow(name: str, bundle: Any, options: dict[str, Any]) -> Any:
     import inspect
 
     import pushforward.flows as flows
+    from pushforward._registry import _REGISTRY
     from pushforward.data.preprocess import Reshape, wrap
 
     if name.lower() not in flows.names():
@@ -128,7 +129,7 @@ def _build_flow(name: str, bundle: Any, options: dict[str, Any]) -> Any:
         raise CommandError("the 'sphere' flow needs latitude/longitude data: add "
                            "--manifold sphere and a .csv/.npy file")
     layers = list(bundle.preprocess)
-    params = inspect.signature(flows._registry._REGISTRY[name.lower()]).parameters
+    params = inspect.signature(_REGISTRY[name.lower()]).parameters
     if bundle.kind == "image" and "shape" in params:
         flow = flows.build(name, shape=list(bundle.event_shape), **options)
     else:
