@@ -2,6 +2,11 @@
 
 from pushforward.training import distributed
 from pushforward.training.checkpoint import load, load_checkpoint, save
+from pushforward.training.compiled import (
+    compile_log_prob,
+    compile_train_step,
+    compiler_available,
+)
 from pushforward.training.fit import History, TrainingDiverged, fit, fit_reverse_kl, regularization
 
 __all__ = [
@@ -14,4 +19,7 @@ __all__ = [
     "load",
     "load_checkpoint",
     "distributed",
+    "compile_log_prob",
+    "compile_train_step",
+    "compiler_available",
 ]
