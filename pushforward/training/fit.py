@@ -560,8 +560,8 @@ def fit(
                 if val_source is not None and (state["step"] % val_every == 0 or last):
                     if validate():
                         history.stopped_early = True
-                if state["step"] % checkpoint_every == 0 and not last:
-                    save_checkpoint()
+                if state["step"] % checkpoint_every == 0 and not last and not state["bad"]:
+                    save_checkpoint()  # never in the middle of a run of non-finite steps
                 if bool(flags[2] > 0) and not last and not history.stopped_early:
                     history.interrupted = True
                     save_checkpoint()
@@ -652,7 +652,7 @@ def fit_reverse_kl(
                 for group in optimizer.param_groups:
                     group["lr"] = sched.lr(step)
                 optimizer.step()
-                history.step_nll.append(float(loss))
+                history.step_nll.append(float(loss.detach()))
                 bad = 0
             else:
                 optimizer.zero_grad(set_to_none=True)
