@@ -8,6 +8,7 @@ the layer sums it over the event. Affine → spline is one argument: ``elementwi
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -45,18 +46,22 @@ class AffineMap:
     ``[e^{−B}, e^{B}]`` so no raw conditioner output can overflow.
 
     Args:
-        bound: the clamp ``B`` on the log-scale.
+        bound: the clamp ``B`` on the log-scale (default 3, chosen by the experiment in
+            ``benchmarks/safety.py``); ``None`` (or ``inf``) disables it — unsafe, kept for
+            experiments: a raw log-scale can overflow ``exp`` and produce inf/NaN.
     """
 
     params = 2
 
-    def __init__(self, bound: float = 3.0) -> None:
-        if not bound > 0:
-            raise ValueError(f"AffineMap: bound must be positive, got {bound}")
-        self.bound = float(bound)
+    def __init__(self, bound: float | None = 3.0) -> None:
+        if bound is not None and not bound > 0:
+            raise ValueError(f"AffineMap: bound must be positive or None, got {bound}")
+        self.bound = None if bound is None or math.isinf(bound) else float(bound)
 
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor]:
         raw_scale, shift = params.unbind(-1)
+        if self.bound is None:
+            return raw_scale, shift
         return soft_clamp(raw_scale, self.bound), shift
 
     def forward(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
