@@ -160,7 +160,7 @@ def singular_value_extremes(
     x: Tensor,
     context: Tensor | None = None,
     n_iter: int = 50,
-    tol: float = 1e-6,
+    tol: float = 1e-4,
     seed: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Largest and smallest singular values of ``∂f⁻¹/∂x`` per sample, by power iteration.
@@ -184,7 +184,7 @@ def singular_value_extremes(
         >>> import torch, pushforward as pf
         >>> t = pf.transforms.Affine(3, scale=torch.tensor([2.0, 0.5, 1.0])).double()
         >>> hi, lo = singular_value_extremes(t, torch.randn(4, 3, dtype=torch.float64))
-        >>> [round(v, 6) for v in (hi[0].item(), lo[0].item())]
+        >>> [round(v, 3) for v in (hi[0].item(), lo[0].item())]
         [2.0, 0.5]
     """
     generator = torch.Generator().manual_seed(int(seed))
@@ -245,8 +245,10 @@ def invertibility_report(
     *,
     rtol: float | None = None,
     max_condition: float | None = None,
-    n_conditioning: int = 128,
-    n_iter: int = 30,
+    n_conditioning: int = 32,
+    n_iter: int = 20,
+    tol: float = 1e-3,
+    conditioning_dtype: torch.dtype = torch.float64,
     n_worst: int = 5,
     batch_size: int = 1024,
     seed: int = 0,
@@ -277,7 +279,10 @@ def invertibility_report(
             to at most 1%: 8.4e4 in float32, 4.5e13 in float64).
         n_conditioning: conditioning is estimated on this many samples (drawn with ``seed``);
             0 skips it.
-        n_iter: power iterations per singular value.
+        n_iter: the most power iterations per singular value.
+        tol: power iteration stops when every estimate moved by less than ``tol`` (relative).
+        conditioning_dtype: dtype of the copy the conditioning is computed with (float64 by
+            default; the flow's own dtype is several times faster on CPU for large images).
         n_worst: how many worst samples to list.
         batch_size: chunk size of the round trips.
         seed: seed of the conditioning subset and the power-iteration start vectors.
@@ -345,13 +350,18 @@ def invertibility_report(
     index = torch.randperm(n, generator=generator)[:k].sort().values
     sigma_max = sigma_min = x64.new_zeros(0)
     if k:
-        t64, f64 = _parts(flow64)
-        sub_ctx = None if ctx64 is None else ctx64[index]
-        if f64 is not None and sub_ctx is not None:
-            sub_ctx = f64._context(sub_ctx, k).detach()
-        sigma_max, sigma_min = singular_value_extremes(
-            t64, x64[index], sub_ctx, n_iter=n_iter, seed=int(seed)
+        model = flow64 if conditioning_dtype == torch.float64 else (
+            copy.deepcopy(flow).to(conditioning_dtype).eval()
         )
+        t_c, f_c = _parts(model)
+        sub_x = x64[index].to(conditioning_dtype)
+        sub_ctx = None if ctx64 is None else ctx64[index].to(conditioning_dtype)
+        if f_c is not None and sub_ctx is not None:
+            sub_ctx = f_c._context(sub_ctx, k).detach()
+        sigma_max, sigma_min = singular_value_extremes(
+            t_c, sub_x, sub_ctx, n_iter=n_iter, tol=tol, seed=int(seed)
+        )
+        sigma_max, sigma_min = sigma_max.double(), sigma_min.double()
     condition = sigma_max / sigma_min
 
     reasons = []
