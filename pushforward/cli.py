@@ -214,6 +214,7 @@ def _make_plots(flow: Any, bundle: Any, history: Any, out: Path, seed: int) -> l
         ll_data, ll_samples = unit_to_latlon(data.numpy()), unit_to_latlon(samples.numpy())
         paths.append(plotting.plot_samples(ll_data[:, ::-1], ll_samples[:, ::-1],
                                            out / "samples.png", labels=("longitude", "latitude")))
+        paths.append(plotting.plot_sphere_density(flow, ll_data, out / "density.png"))
         return paths
     paths.append(plotting.plot_samples(data, samples, out / "samples.png"))
     if bundle.event_shape == (2,):
@@ -341,6 +342,8 @@ def _resolve_train_args(args: argparse.Namespace) -> tuple[dict[str, Any], Path,
                 "steps": None, "epochs": None}
     settings.update(stored)
     settings.update(explicit)
+    if settings["manifold"] == "sphere" and "flow" not in explicit and "flow" not in stored:
+        settings["flow"] = "sphere"
     if args.steps is not None or args.epochs is not None:
         settings["steps"], settings["epochs"] = args.steps, args.epochs
     if settings["steps"] is None and settings["epochs"] is None:
@@ -492,12 +495,13 @@ def _run_sample(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         x = flow.sample(args.n, temperature=args.temperature)
     array = x.double().cpu().numpy()
-    what = f"shape {array.shape}"
+    what = ""
     if config.get("kind") == "sphere":
         array = unit_to_latlon(array)
-        what += " as latitude, longitude (degrees)"
+        what = " as latitude, longitude (degrees)"
     elif config.get("kind") == "image":
-        what += ", pixel intensities in [0, 1]"
+        what = ", pixel intensities in [0, 1]"
+    what = f"shape {array.shape}{what}"
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, array, allow_pickle=False)
     print(f"wrote {args.n} samples to {out} ({what})")

@@ -20,6 +20,7 @@ __all__ = [
     "plot_history",
     "plot_samples",
     "plot_density",
+    "plot_sphere_density",
     "plot_image_grid",
     "image_grid",
 ]
@@ -155,6 +156,42 @@ def plot_density(flow: Any, data: Tensor | np.ndarray, path: str | os.PathLike,
     image = ax.imshow(density, origin="lower", extent=(*xlim, *ylim), aspect="auto",
                       cmap="viridis")
     fig.colorbar(image, ax=ax, shrink=0.8, label="p(x)")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def plot_sphere_density(flow: Any, latlon: Tensor | np.ndarray, path: str | os.PathLike,
+                        resolution: int = 180, title: str = "learned density on S²") -> Path:
+    """Equirectangular map of a flow on S² (density w.r.t. area), with the data on top.
+
+    Args:
+        flow: a flow on unit vectors in R³.
+        latlon: the data as latitude, longitude in degrees ``(N, 2)``.
+    """
+    from pushforward.data.tabular import latlon_to_unit
+
+    latlon = _numpy(latlon)
+    lat = np.linspace(-89.5, 89.5, resolution // 2)
+    lon = np.linspace(-179.5, 179.5, resolution)
+    grid = np.stack(np.meshgrid(lat, lon, indexing="ij"), axis=-1).reshape(-1, 2)
+    anchor = next((t for t in flow.parameters() if t.is_floating_point()), None)
+    dtype = anchor.dtype if anchor is not None else torch.get_default_dtype()
+    x = torch.as_tensor(latlon_to_unit(grid), dtype=dtype)
+    if anchor is not None:
+        x = x.to(anchor.device)
+    x = x / x.norm(dim=1, keepdim=True)
+    log_p = torch.cat([flow.log_prob(chunk) for chunk in x.split(8192)]).double().cpu().numpy()
+    density = np.exp(log_p).reshape(len(lat), len(lon))
+    density = np.where(np.isfinite(density), density, 0.0)
+    fig = _figure(9, 4.8)
+    ax = fig.add_subplot()
+    image = ax.imshow(density, origin="lower", extent=(-180, 180, -90, 90), cmap="viridis",
+                      aspect="auto")
+    ax.scatter(latlon[:, 1], latlon[:, 0], s=2, color="white", alpha=0.5, rasterized=True)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="p(x) per unit area")
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
     ax.set_title(title)
     return _save(fig, path)
 
