@@ -12,7 +12,9 @@ from pushforward._validation import (
     validation,
 )
 from pushforward.core import BaseDistribution, Chain, Flow, FlowDistribution, Inverse, Transform
+from pushforward.data import load_dataset
 from pushforward.distributions import ConditionalDiagonalNormal, DiagonalNormal, StandardNormal
+from pushforward.training import History, TrainingDiverged, fit, fit_reverse_kl, load, save
 
 __version__ = "0.1.0"
 
@@ -36,5 +38,14 @@ __all__ = [
     "diagnostics",
     "flows",
     "nn",
+    "data",
+    "training",
+    "fit",
+    "fit_reverse_kl",
+    "History",
+    "TrainingDiverged",
+    "save",
+    "load",
+    "load_dataset",
     "manifolds",
 ]
