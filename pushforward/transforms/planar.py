@@ -7,6 +7,7 @@ Radial inverts in closed form through a scalar quadratic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -75,7 +76,9 @@ def _planar_root(
         nxt = torch.where(inside, newton, 0.5 * (lo + hi))
         nxt = torch.where(g == 0, alpha, nxt)
         tol = 4 * eps * (1 + alpha.abs())
-        done = ((nxt - alpha).abs() <= tol) | ((hi - lo) <= tol)
+        # Stop when the step or the bracket is at α's round-off, or g is at its evaluation noise.
+        noise = 4 * eps * (alpha.abs() + (a * t).abs() + y.abs())
+        done = ((nxt - alpha).abs() <= tol) | ((hi - lo) <= tol) | (g.abs() <= noise)
         alpha = nxt
         if bool(done.all()):
             break
@@ -135,11 +138,12 @@ class Planar(Transform):
             raise ValueError(f"Planar: features must be >= 1, got {features}")
         super().__init__(d, context_features=context)
         self.features = d
-        initial = torch.cat([
-            0.1 * torch.randn(d),               # u
-            torch.randn(d) / d**0.5,            # w (non-zero so ‖w‖ is not 0)
-            torch.zeros(1),                     # b
-        ])
+        # Start near the identity: u = log(e − 1)·w/‖w‖² gives m(wᵀu) = 0, hence û = 0; a small
+        # perturbation breaks the symmetry between stacked layers.
+        w = torch.randn(d) / d**0.5
+        w = w / w.norm().clamp_min(1e-3) if d == 1 else w  # ‖w‖ well away from 0
+        u = math.log(math.e - 1) * w / (w * w).sum() + 0.01 * torch.randn(d)
+        initial = torch.cat([u, w, torch.zeros(1)])
         self.params = _Parameters(initial, self.context_features, hidden, activation)
 
     def _unpack(self, context: Tensor | None, like: Tensor) -> tuple[Tensor, ...]:
@@ -243,7 +247,7 @@ class Radial(Transform):
         initial = torch.cat([
             torch.randn(d),                      # z0
             torch.zeros(1),                      # α̂: α = softplus(0) = log 2
-            torch.full((1,), -2.0),              # β̂: β = −α + softplus(−2), a mild contraction
+            torch.zeros(1),                      # β̂: β = −α + softplus(0) = 0, the identity
         ])
         self.params = _Parameters(initial, self.context_features, hidden, activation)
 
