@@ -1,6 +1,7 @@
 """Built-in datasets (2-D toys, digits, IDX images), CSV/NPY loaders, dequantisation, bits/dim."""
 
 from pushforward.data.datasets import DataBundle, datasets, load_dataset, split_indices
+from pushforward.data.dequantization import VariationalDequantization, dequantized_log_prob
 from pushforward.data.images import (
     DequantizedImages,
     bits_per_dim,
@@ -21,6 +22,8 @@ from pushforward.data.toy import TOY_DATASETS, toy, toy_names
 __all__ = [
     "DataBundle",
     "DequantizedImages",
+    "VariationalDequantization",
+    "dequantized_log_prob",
     "LogitPreprocessing",
     "Standardization",
     "TOY_DATASETS",
