@@ -544,6 +544,34 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("check", help="invertibility report of a trained flow on its data (exit 1 if not ok)")
+def _check_parser(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("--checkpoint", required=True, help="a folder written by train")
+    p.add_argument("--dataset", help="check on this dataset or file instead of the training one")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("-n", type=_positive_int, default=1000, help="points checked (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    return _run_check
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from pushforward.diagnostics import invertibility_report
+
+    flow, config = _load(args.checkpoint)
+    bundle = _bundle_from_config(config, args.dataset)
+    if tuple(bundle.event_shape) != tuple(flow.event_shape):
+        raise CommandError(f"dataset {bundle.name} has samples of shape "
+                           f"{tuple(bundle.event_shape)}, the flow models "
+                           f"{tuple(flow.event_shape)}")
+    x = _data_points(bundle, getattr(bundle, args.split), args.n)
+    # On the sphere the ambient Jacobian is singular across the surface: no conditioning there.
+    report = invertibility_report(flow, x, seed=args.seed,
+                                  n_conditioning=0 if bundle.kind == "sphere" else 32)
+    print(f"{bundle.name}, {args.split} split, {len(x)} points")
+    print(report)
+    return 0 if report.ok else 1
+
+
 @command("plot", help="redraw a trained flow's figures (loss, samples, density)")
 def _plot_parser(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("--checkpoint", required=True, help="a folder written by train")

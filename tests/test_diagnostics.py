@@ -19,6 +19,7 @@ from pushforward.diagnostics import (
     typicality_test,
     typicality_test_from_nll,
 )
+from pushforward.training import fit
 from pushforward.transforms import Affine, LULinear, Sigmoid
 
 
@@ -174,6 +175,20 @@ def test_typicality_false_alarm_rate_is_about_alpha():
     assert abs(rate - 0.1) < 0.07
 
 
+def test_typicality_clipping_keeps_a_rare_outlier_from_deciding_the_batch():
+    g = torch.Generator().manual_seed(4)
+    reference = torch.randn(5000, generator=g, dtype=torch.float64).abs() + 1.0
+    batch = torch.randn(100, generator=g, dtype=torch.float64).abs() + 1.0
+    batch[0] = 500.0  # one in-distribution point in a gap the model never saw
+    plain = typicality_test_from_nll(reference, batch, clip=None)
+    robust = typicality_test_from_nll(reference, batch)
+    assert plain.is_ood and not robust.is_ood
+    assert robust.mean_nll == pytest.approx(float(batch.mean()))
+    assert robust.clip_range is not None and robust.clip_range[1] < 5
+    # A whole batch far away still fails, even a single point.
+    assert typicality_test_from_nll(reference, torch.full((1,), 50.0)).is_ood
+
+
 def test_typicality_rejects_bad_arguments():
     with pytest.raises(ValueError, match="alpha"):
         typicality_test_from_nll(torch.randn(10), torch.randn(3), alpha=1.5)
@@ -181,6 +196,8 @@ def test_typicality_rejects_bad_arguments():
         typicality_test_from_nll(torch.randn(10), torch.tensor([float("nan")]))
     with pytest.raises(ValueError, match="empty"):
         typicality_test_from_nll(torch.randn(10), torch.zeros(0))
+    with pytest.raises(ValueError, match="clip"):
+        typicality_test_from_nll(torch.randn(10), torch.randn(3), clip=0.3)
     with pytest.raises(TypeError, match="Flow"):
         typicality_test(torch.nn.Linear(2, 2), torch.randn(3, 2), torch.randn(3, 2))
 
@@ -188,21 +205,10 @@ def test_typicality_rejects_bad_arguments():
 # -- a short MAF fit on moons -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def moons_maf():
-    if "maf" not in pf.flows.names():
-        pytest.skip("the MAF preset is not registered")
     torch.manual_seed(0)
     data = torch.as_tensor(make_moons(3000, noise=0.1, random_state=0)[0], dtype=torch.float32)
-    flow = pf.flows.build("maf", features=2)
-    if hasattr(pf, "fit"):
-        pf.fit(flow, data[:2000], epochs=15, batch_size=128, lr=5e-3, progress=False)
-    else:  # pragma: no cover - until pf.fit exists
-        optimizer = torch.optim.Adam(flow.parameters(), lr=5e-3)
-        for _ in range(600):
-            batch = data[torch.randint(0, 2000, (128,))]
-            loss = -flow.log_prob(batch).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    flow = pf.flows.build("maf", features=2, hidden=(64, 64))
+    fit(flow, data[:2000], epochs=40, batch_size=128, lr=5e-3, progress=False)
     flow.eval()
     return flow, data[:2000], data[2000:]
 
@@ -211,6 +217,7 @@ def test_maf_on_moons_typicality(moons_maf):
     flow, train, held_out = moons_maf
     typical = typicality_test(flow, train, held_out[:100])
     assert not typical.is_ood, str(typical)
+    assert not typicality_test(flow, train, train[:300]).is_ood
     grid = torch.stack(torch.meshgrid(torch.linspace(-1.5, 2.5, 200),
                                       torch.linspace(-1.0, 1.5, 120), indexing="ij"), -1)
     grid = grid.reshape(-1, 2)
@@ -280,3 +287,16 @@ def test_auroc_agrees_with_sklearn_and_handles_extremes():
         auroc([1.0, float("nan")], [2.0])
     with pytest.raises(ValueError, match="empty"):
         auroc([], [1.0])
+
+
+# -- the command line ---------------------------------------------------------------------------
+def test_cli_check_prints_the_report(tmp_path, capsys):
+    from pushforward.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "20", "--out", str(out), "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["check", "--checkpoint", str(out), "-n", "200"]) == 0
+    text = capsys.readouterr().out
+    assert "Invertibility report (200 samples" in text and "OK" in text
+    assert main(["check", "--checkpoint", str(tmp_path / "missing")]) != 0
