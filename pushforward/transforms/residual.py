@@ -272,12 +272,16 @@ class ResidualBlock(Transform):
         newton = self.features <= self.exact_below
         loose = math.sqrt(eps) if newton else 4 * eps
         x = z.clone()
+        previous = math.inf
         for _ in range(self.max_iter):
             new = z - self.g.apply_with(weights, x, context)
             change = float((new - x).abs().max()) if x.numel() else 0.0
             x = new
-            if change <= loose * (1 + float(x.abs().max())):
+            scale = 1 + float(x.abs().max()) if x.numel() else 1.0
+            # Converged, or stalled at the round-off floor (the change no longer shrinks).
+            if change <= loose * scale or (change >= previous and change <= 1e3 * eps * scale):
                 break
+            previous = change
         if newton:
             eye = torch.eye(self.features, dtype=z.dtype, device=z.device)
             for _ in range(8):
@@ -302,15 +306,16 @@ class ResidualBlock(Transform):
         max_iter, tol = self.max_iter, 4 * torch.finfo(x.dtype).eps
 
         def adjoint(v: Tensor) -> Tensor:  # solve (I + J)ᵀ u = v by u = v − Jᵀu
-            u = v
+            u, previous = v, math.inf
             for _ in range(max_iter):
                 (jtu,) = torch.autograd.grad(gx, leaf, u, retain_graph=True)
                 new = v - jtu
-                gap = (new - u).detach().abs().max()
-                done = float(gap) <= tol * (1 + float(new.detach().abs().max()))
+                gap = float((new - u).detach().abs().max())
+                scale = 1 + float(new.detach().abs().max())
                 u = new
-                if done:
+                if gap <= tol * scale or (gap >= previous and gap <= 250 * tol * scale):
                     break
+                previous = gap
             return u
 
         out.register_hook(adjoint)
