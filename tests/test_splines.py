@@ -5,7 +5,7 @@ import torch
 
 from pushforward.transforms import RationalQuadraticMap, rational_quadratic_spline
 from pushforward.transforms.maps import elementwise_map
-from pushforward.transforms.splines import _knots
+from pushforward.transforms.splines import _bins
 
 BOUND = 3.0
 
@@ -114,8 +114,8 @@ def test_zero_parameters_give_the_identity():
 def test_value_and_derivative_continuous_at_the_knots():
     bins = 6
     w, h, d = _params(1, bins, 2.0, seed=5)
-    knots, _ = _knots(w, BOUND, 1e-3)
-    inner = knots[0, 1:-1]
+    _, edges = _bins(w, 1e-3)
+    inner = 2 * BOUND * edges[0, :-1] - BOUND
     eps = 1e-12
     probe = torch.cat([inner - eps, inner + eps])
     m = probe.numel()
@@ -155,3 +155,16 @@ def test_map_protocol_and_registry():
     torch.testing.assert_close(ladj_inv, -ladj, atol=1e-12, rtol=0)
     with pytest.raises(ValueError, match="11 parameters"):
         m.forward(z, params[..., :10])
+
+
+def test_one_bin_is_the_identity_and_two_bins_invert():
+    x = torch.linspace(-4, 4, 9, dtype=torch.float64)
+    w, h, d = _params(9, 1, 3.0)
+    y, ladj = _spline(x, w, h, d)
+    torch.testing.assert_close(y, x, atol=1e-12, rtol=0)
+    assert ladj.abs().max() < 1e-12
+    w, h, d = _params(9, 2, 2.0, seed=9)
+    y, ladj = _spline(x, w, h, d)
+    x2, ladj_inv = _spline(y, w, h, d, inverse=True)
+    torch.testing.assert_close(x2, x, atol=1e-10, rtol=0)
+    torch.testing.assert_close(ladj_inv, -ladj, atol=1e-10, rtol=0)
