@@ -4,7 +4,7 @@ Forward is the generative direction ``z -> x``; every transform returns its per-
 ``log|det|``; a ``Flow`` pushes a base distribution through a transform.
 """
 
-from pushforward import diagnostics, distributions, flows, manifolds, nn, transforms
+from pushforward import continuous, diagnostics, distributions, flows, manifolds, nn, transforms
 from pushforward._validation import (
     InputOutsideDomain,
     is_validating,
@@ -48,4 +48,5 @@ __all__ = [
     "load",
     "load_dataset",
     "manifolds",
+    "continuous",
 ]

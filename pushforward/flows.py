@@ -10,9 +10,10 @@ below makes them public and registered.
 from pushforward._registry import build, config_of, names, register
 from pushforward.presets.autoregressive import IAF, MAF, NSF
 from pushforward.presets.breadth import NAF, ResidualFlow, Sylvester
+from pushforward.presets.continuous import CNF
 from pushforward.presets.discrete import NICE, Glow, Planar, Radial, RealNVP
 from pushforward.presets.manifolds import SphericalFlow
 
 __all__ = ["build", "config_of", "names", "register", "MAF", "IAF", "NSF",
            "Planar", "Radial", "NICE", "RealNVP", "Glow",
-           "Sylvester", "ResidualFlow", "NAF", "SphericalFlow"]
+           "Sylvester", "ResidualFlow", "NAF", "SphericalFlow", "CNF"]

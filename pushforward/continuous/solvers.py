@@ -1,0 +1,117 @@
+"""ODE solving for the continuous flows: the one module that knows torchdiffeq.
+
+``solve`` integrates a tuple of state tensors from ``t0`` to ``t1`` (either direction) with an
+adaptive or fixed-grid solver and returns the state at ``t1``. With ``adjoint=True`` gradients
+come from the adjoint ODE (Chen et al. 2018) instead of backpropagating through the solver's
+steps; the tensors the dynamics read besides the state (the field's parameters, a context that
+requires grad) must then be listed in ``adjoint_params``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["solve", "METHODS", "ADAPTIVE_METHODS", "default_tolerances"]
+
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams")
+METHODS = ADAPTIVE_METHODS + FIXED_METHODS
+
+Dynamics = Callable[[Tensor, tuple[Tensor, ...]], tuple[Tensor, ...]]
+
+
+def check_method(method: str) -> str:
+    """Return ``method`` if torchdiffeq knows it; raise ``ValueError`` naming the choices."""
+    if method not in METHODS:
+        raise ValueError(f"unknown ODE solver {method!r}; choose one of {', '.join(METHODS)}")
+    return method
+
+
+def default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
+    """``(rtol, atol)`` used when none is given: tight in float64, FFJORD's 1e-5 otherwise."""
+    if dtype == torch.float64:
+        return 1e-8, 1e-10
+    return 1e-5, 1e-5
+
+
+def _leading_norm(k: int | None) -> Callable[[tuple[Tensor, ...]], Tensor]:
+    """Mixed RMS norm (max over tensors) of the first ``k`` tensors of a state tuple.
+
+    Computed without gradient: step-size control is not differentiated (torchdiffeq's own
+    step-size update is gradient-free too, but its initial-step norm is not, and ``sqrt`` at a
+    zero state, such as a log-determinant starting at 0, would give NaN gradients).
+    """
+
+    def norm(state: tuple[Tensor, ...]) -> Tensor:
+        with torch.no_grad():
+            return torch.stack([s.detach().pow(2).mean().sqrt() for s in state[:k]]).max()
+
+    return norm
+
+
+def solve(
+    dynamics: Dynamics,
+    state: tuple[Tensor, ...],
+    t0: float,
+    t1: float,
+    *,
+    rtol: float,
+    atol: float,
+    method: str = "dopri5",
+    options: dict | None = None,
+    adjoint: bool = False,
+    adjoint_params: Sequence[Tensor] = (),
+    controlled: int | None = None,
+) -> tuple[Tensor, ...]:
+    """Integrate ``d state/dt = dynamics(t, state)`` from ``t0`` to ``t1``.
+
+    Args:
+        dynamics: ``(t, state) -> d state/dt``, ``t`` a 0-d tensor, ``state`` a tuple.
+        state: the initial state, a tuple of tensors on one device and dtype.
+        t0: start time.
+        t1: end time (``t1 < t0`` integrates backwards).
+        rtol: relative tolerance (adaptive methods).
+        atol: absolute tolerance (adaptive methods).
+        method: a torchdiffeq method name (``dopri5``, ``rk4``, ...).
+        options: solver options passed to torchdiffeq (e.g. ``{"step_size": 0.05}`` for fixed
+            grids).
+        adjoint: backpropagate with the adjoint method (memory O(1) in the number of steps).
+        adjoint_params: every tensor the dynamics differentiate into, besides the state.
+        controlled: only the first ``controlled`` state tensors enter the adaptive error control
+            (the others, e.g. running integrals of a regulariser, ride along); None: all.
+
+    Returns:
+        The state at ``t1``, a tuple like ``state``.
+    """
+    import torchdiffeq
+
+    check_method(method)
+    reference = state[0]
+    times = torch.tensor([t0, t1], dtype=reference.dtype, device=reference.device)
+    options = dict(options or {})
+    fixed_grid = "step_size" in options or "grid_constructor" in options
+    if method in FIXED_METHODS and not fixed_grid:
+        raise ValueError(
+            f"the fixed-grid solver {method!r} needs options={{'step_size': h}} (otherwise it "
+            "takes a single step from t0 to t1)"
+        )
+    if method in ADAPTIVE_METHODS and "norm" not in options:
+        options["norm"] = _leading_norm(controlled)
+    if adjoint:
+        params = tuple(p for p in adjoint_params if p.requires_grad)
+        # Seminorm (Kidger et al. 2021): the parameter adjoints do not drive step-size control.
+        adjoint_options = {**{k: v for k, v in options.items() if k != "norm"}, "norm": "seminorm"}
+        if method in FIXED_METHODS:
+            adjoint_options.pop("norm")
+        out = torchdiffeq.odeint_adjoint(
+            dynamics, state, times, rtol=rtol, atol=atol, method=method, options=options,
+            adjoint_params=params, adjoint_options=adjoint_options,
+        )
+    else:
+        out = torchdiffeq.odeint(
+            dynamics, state, times, rtol=rtol, atol=atol, method=method, options=options
+        )
+    return tuple(s[-1] for s in out)

@@ -1,0 +1,109 @@
+"""Continuous-flow preset: CNF (FFJORD-style, optional RNODE regularisation and augmentation)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pushforward._registry import register
+from pushforward.continuous.augment import AugmentedFlow
+from pushforward.continuous.cnf import CNF as _CNF
+from pushforward.continuous.fields import TimeMLP
+from pushforward.core import Chain, Flow
+from pushforward.distributions import StandardNormal
+
+__all__ = ["CNF"]
+
+EXACT_TRACE_MAX_FEATURES = 8
+
+
+def _positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"CNF: {name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+@register("cnf")
+def CNF(
+    features: int,
+    context: int = 0,
+    *,
+    transforms: int = 1,
+    hidden: Sequence[int] = (64, 64),
+    activation: str = "tanh",
+    time: str = "gated",
+    trace: str | None = None,
+    noise: str = "rademacher",
+    t1: float = 1.0,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    adjoint: bool = False,
+    kinetic: float = 0.0,
+    jacobian: float = 0.0,
+    augment: int = 0,
+    q: str = "learned",
+    samples: int = 1,
+) -> Flow:
+    """Continuous normalizing flow (FFJORD): ``transforms`` neural-ODE blocks on ``N(0, I)``.
+
+    Each block is a ``pushforward.continuous.CNF`` whose field is a ``TimeMLP`` (gated time
+    and context input, smooth activation, a small initial field: the flow starts near the
+    identity). The defaults learn a 2-D toy in a few hundred Adam steps at ``lr`` 1e-3 to 1e-2.
+
+    Args:
+        features: the dimension ``d``.
+        context: width of the context (0: unconditional); every field reads it.
+        transforms: number of CNF blocks, each integrated over ``[0, t1]``.
+        hidden: hidden widths of each field.
+        activation: a smooth activation (``tanh``, ``softplus``, ``silu``).
+        time: ``"gated"`` (concat-squash) or ``"concat"`` time input.
+        trace: ``"exact"`` or ``"hutchinson"``; None: exact up to 8 dimensions (of the lifted
+            space when augmenting), Hutchinson above.
+        noise: Hutchinson's noise, ``"rademacher"`` or ``"gaussian"``.
+        t1: integration time of each block.
+        rtol: solver relative tolerance.
+        atol: solver absolute tolerance.
+        method: torchdiffeq solver.
+        adjoint: adjoint-method gradients (constant memory).
+        kinetic: RNODE kinetic-energy weight ``λ_K`` (e.g. 0.01).
+        jacobian: RNODE Jacobian-Frobenius weight ``λ_J`` (e.g. 0.01).
+        augment: ``k`` extra dimensions; > 0 returns an ``AugmentedFlow`` whose ``log_prob`` is
+            the importance-weighted lower bound with ``samples`` draws of ``a ~ q``.
+        q: the augmentation's distribution, ``"learned"`` diagonal Gaussian or ``"fixed"``.
+        samples: ``K`` importance samples per point (augmented flows only).
+
+    Example:
+        >>> import torch, pushforward as pf
+        >>> flow = pf.flows.CNF(2, hidden=(16, 16))
+        >>> flow.log_prob(torch.randn(5, 2)).shape
+        torch.Size([5])
+    """
+    features = _positive_int("features", features)
+    context = _positive_int("context", context, 0)
+    transforms = _positive_int("transforms", transforms)
+    augment = _positive_int("augment", augment, 0)
+    width = features + augment
+    if trace is None:
+        trace = "exact" if width <= EXACT_TRACE_MAX_FEATURES else "hutchinson"
+    blocks = [
+        _CNF(
+            TimeMLP(width, hidden, context, activation, time),
+            features,
+            trace=trace,
+            noise=noise,
+            t1=t1,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            adjoint=adjoint,
+            kinetic=kinetic,
+            jacobian=jacobian,
+            augment=augment,
+            context_features=context,
+        )
+        for _ in range(transforms)
+    ]
+    transform = blocks[0] if transforms == 1 else Chain(blocks)
+    if augment:
+        return AugmentedFlow(transform, StandardNormal(width), augment, q=q, samples=samples)
+    return Flow(transform, StandardNormal(features))
