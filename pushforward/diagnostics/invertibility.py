@@ -99,8 +99,9 @@ class InvertibilityReport:
                 f"max {self.latent_error.max().item():.2e}"
             )
             digits = -math.log10(max(float(self.relative_error.max()), eps * 1e-3))
-            lines.append(f"  correct digits in the worst round trip: {max(digits, 0.0):.1f} "
-                         f"of {-math.log10(eps):.1f}")
+            available = -math.log10(eps)
+            lines.append(f"  correct digits in the worst round trip: "
+                         f"{min(max(digits, 0.0), available):.1f} of {available:.1f}")
         if self.condition.numel():
             c = self.condition
             lines.append(
