@@ -464,3 +464,25 @@ def test_preset_nll_falls_quickly():
     with torch.no_grad():
         after = float(-flow.log_prob(train).mean())
     assert after < before - 0.3, (before, after)
+
+
+# -- training -------------------------------------------------------------------------------
+def test_fit_adds_the_rnode_penalty_and_logs_nfe():
+    from pushforward.training.fit import function_evaluations
+
+    train = _ring(256, torch.Generator().manual_seed(2))
+    energies = {}
+    for weight in (0.0, 5.0):
+        torch.manual_seed(0)
+        flow = pf.flows.CNF(2, hidden=(16,), kinetic=weight, rtol=1e-4, atol=1e-4)
+        history = pf.fit(flow, train, steps=20, batch_size=64, lr=1e-2, progress=False,
+                         handle_signals=False)
+        assert history.extra["nfe_forward_mean"] > 0 and history.extra["nfe_steps"] == 20
+        assert history.extra["nfe_backward"] == 0  # direct backprop
+        probe = CNF(flow.transform.field, 2, kinetic=1.0, rtol=1e-6, atol=1e-6)
+        with torch.no_grad():
+            probe.inverse(train)
+        energies[weight] = float(probe.kinetic_energy().mean())
+        assert function_evaluations(flow) == (flow.transform.nfe, 0)
+    # the penalised run learned a field with clearly less kinetic energy
+    assert energies[5.0] < 0.5 * energies[0.0], energies

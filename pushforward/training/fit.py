@@ -37,7 +37,8 @@ from pushforward.core import Flow
 from pushforward.training import checkpoint as ckpt
 from pushforward.training import distributed as ddp
 
-__all__ = ["fit", "fit_reverse_kl", "History", "TrainingDiverged", "regularization"]
+__all__ = ["fit", "fit_reverse_kl", "History", "TrainingDiverged", "regularization",
+           "function_evaluations"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -60,7 +61,9 @@ class History:
         skipped_steps: steps skipped for a non-finite loss or gradient.
         stopped_early: early stopping ended training.
         interrupted: SIGINT/SIGTERM ended training (a checkpoint was saved if a folder was given).
-        extra: free-form scalars (``fit_reverse_kl`` stores ``log_normalizer``, ``elbo`` there).
+        extra: free-form scalars (``fit_reverse_kl`` stores ``log_normalizer``, ``elbo`` there;
+            ``fit`` on a continuous flow stores the ODE function evaluations: ``nfe_forward``,
+            ``nfe_backward`` of the last step and their ``*_mean`` over the steps taken).
     """
 
     train_nll: list[float] = dataclasses.field(default_factory=list)
@@ -100,6 +103,33 @@ def regularization(flow: nn.Module) -> Tensor | None:
             value = torch.as_tensor(value)
             total = value if total is None else total + value
     return total
+
+
+def function_evaluations(flow: nn.Module) -> tuple[int, int] | None:
+    """``(forward, backward)`` ODE field evaluations of the last solve, summed over the modules
+    of ``flow`` that count them (a CNF's ``nfe`` / ``nfe_backward``); None if none does."""
+    found, forward, backward = False, 0, 0
+    for module in flow.modules():
+        count = getattr(module, "nfe", None)
+        if module is not flow and isinstance(count, int) and not isinstance(count, bool):
+            found = True
+            forward += count
+            backward += int(getattr(module, "nfe_backward", 0))
+    return (forward, backward) if found else None
+
+
+def _log_evaluations(flow: nn.Module, history: History) -> int | None:
+    """Record a step's NFE in ``history.extra`` (last and running mean); return the forward NFE."""
+    counts = function_evaluations(flow)
+    if counts is None:
+        return None
+    n = int(history.extra.get("nfe_steps", 0))
+    for name, value in zip(("nfe_forward", "nfe_backward"), counts):
+        history.extra[name] = float(value)
+        mean = history.extra.get(f"{name}_mean", 0.0)
+        history.extra[f"{name}_mean"] = (mean * n + value) / (n + 1)
+    history.extra["nfe_steps"] = float(n + 1)
+    return counts[0]
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -522,6 +552,7 @@ def fit(
                     for group in optimizer.param_groups:
                         group["lr"] = sched.lr(state["step"])
                     optimizer.step()
+                    _log_evaluations(flow, history)
                     value = float(flags[0]) / world
                     history.step_nll.append(value)
                     state["epoch_sum"] += value
@@ -555,6 +586,8 @@ def fit(
                     post = {"nll": f"{smoothed:.4f}" if smoothed is not None else "nan"}
                     if history.val_nll:
                         post["val"] = f"{history.val_nll[-1]:.4f}"
+                    if "nfe_forward" in history.extra:
+                        post["nfe"] = f"{history.extra['nfe_forward']:.0f}"
                     bar.set_postfix(post, refresh=False)
                 last = state["step"] >= steps
                 if val_source is not None and (state["step"] % val_every == 0 or last):
