@@ -282,3 +282,38 @@ def test_fit_reverse_kl_finds_a_gaussian_and_its_normaliser():
     torch.testing.assert_close(samples.mean(0), mean, atol=0.05, rtol=0)
     with pytest.raises(ValueError, match="shape"):
         fit_reverse_kl(flow, lambda x: x, steps=1, progress=False)
+
+
+def test_bad_data_and_folders_are_refused(tmp_path):
+    flow = _linear_flow(2)
+    x = torch.randn(64, 2)
+    with pytest.raises(ValueError, match="NaN"):
+        fit(flow, torch.cat([x, torch.full((1, 2), float("nan"))]), steps=1, progress=False)
+    with pytest.raises(ValueError, match="shape"):
+        fit(flow, torch.randn(64, 3), steps=1, progress=False)
+    with pytest.raises(TypeError, match="floating"):
+        fit(flow, torch.ones(64, 2, dtype=torch.long), steps=1, progress=False)
+    file = tmp_path / "file"
+    file.write_text("")
+    with pytest.raises(ValueError, match="not a folder"):
+        fit(flow, x, steps=1, progress=False, checkpoint_dir=file)
+
+
+def test_tampered_training_state_is_refused(tmp_path):
+    from pushforward.training import checkpoint as ckpt
+
+    x, _ = _gaussian_data(256, 2)
+    fit(_maf(), x, steps=6, batch_size=64, progress=False, checkpoint_dir=tmp_path,
+        checkpoint_every=2)
+    state = tmp_path / ckpt.STATE_FILE
+    raw = state.read_bytes()
+    state.write_bytes(raw.replace(b'\\"step\\": 6', b'\\"step\\": 1'))
+    assert state.read_bytes() != raw
+    with pytest.raises(ValueError, match="checksum") as info:
+        fit(_maf(), x, steps=12, batch_size=64, progress=False, checkpoint_dir=tmp_path,
+            resume=True)
+    assert "\n" not in str(info.value)
+    state.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError):
+        fit(_maf(), x, steps=12, batch_size=64, progress=False, checkpoint_dir=tmp_path,
+            resume=True)

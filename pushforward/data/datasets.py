@@ -163,9 +163,7 @@ def load_dataset(source: str | os.PathLike, seed: int = 0, manifold: str | None 
             train_i, val_i, test_i = split_indices(len(units), seed)
             return DataBundle(key, "sphere", (3,), units[train_i], units[val_i], units[test_i],
                               [], None, spec)
-        if table.ndim != 2:
-            raise ValueError(f"{path}: expected a table (rows, features), got {table.shape}")
-        return _vector_bundle(key, table, seed, spec)
+        return _vector_bundle(key, table.reshape(len(table), -1), seed, spec)
     if manifold is not None:
         raise ValueError(f"--manifold {manifold} needs a latitude/longitude .csv or .npy file")
     if lower == "digits":

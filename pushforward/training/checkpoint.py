@@ -89,8 +89,10 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def _digest(tensors: dict[str, Tensor]) -> str:
+def _digest(tensors: dict[str, Tensor], meta: str = "") -> str:
+    """SHA-256 of the tensors (names, dtypes, shapes, bytes) and of the JSON record."""
     h = hashlib.sha256()
+    h.update(meta.encode())
     for key in sorted(tensors):
         t = tensors[key].detach().cpu().contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -102,11 +104,12 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, Tensor],
                   meta: dict[str, Any]) -> None:
     """Atomically write tensors and a JSON record (``meta``) into one safetensors file."""
     flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    record = json.dumps(meta, sort_keys=True, allow_nan=False)
     metadata = {
         "format": FORMAT,
         "version": str(VERSION),
-        "meta": json.dumps(meta, sort_keys=True, allow_nan=False),
-        "sha256": _digest(flat),
+        "meta": record,
+        "sha256": _digest(flat, record),
     }
     atomic_write(path, _st_save(flat, metadata=metadata))
 
@@ -134,7 +137,7 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
         raise ValueError(f"{path} was not written by pushforward (no format record)")
     if metadata.get("version") != str(VERSION):
         raise ValueError(f"{path}: unsupported checkpoint version {metadata.get('version')!r}")
-    if metadata.get("sha256") != _digest(tensors):
+    if metadata.get("sha256") != _digest(tensors, metadata.get("meta", "")):
         raise ValueError(f"{path}: checksum mismatch, the file is corrupt or was modified")
     try:
         meta = json.loads(metadata.get("meta", ""))

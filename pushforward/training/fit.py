@@ -17,6 +17,7 @@ of an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import random
@@ -159,9 +160,18 @@ class _Source:
                 f"Dataset, got {type(data).__name__}"
             )
         if self.tensor is not None:
-            if self.tensor.dim() < 2 or not self.tensor.is_floating_point():
-                raise ValueError(f"fit: {name} must be a floating tensor (N, *event), got "
-                                 f"{self.tensor.dtype} {tuple(self.tensor.shape)}")
+            if not self.tensor.is_floating_point():
+                raise TypeError(f"fit: {name} must be a floating-point tensor, got "
+                                f"{self.tensor.dtype}")
+            if self.tensor.dim() < 2:
+                raise ValueError(f"fit: {name} must be shaped (N, *event), got "
+                                 f"{tuple(self.tensor.shape)}")
+            if not torch.isfinite(self.tensor).all():
+                raise ValueError(f"fit: {name} contains NaN or infinite values")
+            if self.context is not None and not (
+                self.context.is_floating_point() and torch.isfinite(self.context).all()
+            ):
+                raise ValueError(f"fit: {name} context must be finite floating-point values")
         if len(self) == 0:
             raise ValueError(f"fit: {name} is empty")
 
@@ -394,6 +404,15 @@ def fit(
 
     source = _Source(train, "train")
     val_source = None if val is None else _Source(val, "val")
+    event = getattr(flow, "event_shape", None)
+    for src, name in ((source, "train"), (val_source, "val")):
+        if src is not None and src.tensor is not None and event is not None and tuple(
+                src.tensor.shape[1:]) != tuple(event):
+            raise ValueError(f"fit: {name} samples have shape {tuple(src.tensor.shape[1:])}, "
+                             f"the flow models {tuple(event)}")
+    if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(
+            checkpoint_dir).is_dir():
+        raise ValueError(f"fit: checkpoint_dir {checkpoint_dir} exists and is not a folder")
     world, rank = ddp.world_size(), ddp.rank()
     sampler = DistributedSampler(range(len(source)), num_replicas=world, rank=rank,
                                  shuffle=True, seed=int(seed), drop_last=False)
@@ -435,14 +454,22 @@ def fit(
         model_state = {k[len("model."):]: v for k, v in tensors.items()
                        if k.startswith("model.")}
         ckpt.load_state(flow, model_state, str(folder / ckpt.STATE_FILE))
-        ckpt.set_optimizer_state(optimizer, tensors, meta["optimizer"])
         best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+        if best:
+            ckpt.load_state(copy.deepcopy(flow), best, str(folder / ckpt.STATE_FILE))
         best_state = best or None
         try:
+            ckpt.set_optimizer_state(optimizer, tensors, meta["optimizer"])
             sched.load(meta["schedule"])
             history = History.from_dict(meta["history"])
             state = {k: meta["state"][k] for k in state}
-        except (KeyError, TypeError) as error:
+            for key in ("step", "epoch", "position", "bad", "stalled", "epoch_count"):
+                if isinstance(state[key], bool) or not isinstance(state[key], int) or \
+                        state[key] < 0:
+                    raise ValueError(f"state {key} = {state[key]!r}")
+            if state["position"] >= batches_per_epoch:
+                raise ValueError(f"position {state['position']} beyond the epoch")
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"{folder / ckpt.STATE_FILE}: malformed training record "
                              f"({error})") from None
         rng = {k: v for k, v in tensors.items() if k.startswith("rng.")}
