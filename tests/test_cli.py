@@ -46,9 +46,12 @@ def _cli(*args, **kwargs):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    torch.set_num_threads(1)
-    code = main(["train", "--dataset", "moons", "--steps", "200", "--out", str(out),
-                 "--no-progress", "--seed", "1"])
+    threads = torch.get_num_threads()
+    try:
+        code = main(["train", "--dataset", "moons", "--steps", "200", "--out", str(out),
+                     "--no-progress", "--seed", "1"])
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0
     return out
 
