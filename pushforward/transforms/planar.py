@@ -19,6 +19,10 @@ from pushforward.nn import MLP
 
 __all__ = ["Planar", "Radial"]
 
+# m(c) = 0 for c = log(e − 1): wᵀu = c makes û = 0, the identity.
+_IDENTITY = math.log(math.e - 1)
+_V_INIT = 1e-2
+
 
 class _Parameters(nn.Module):
     """Free parameters, optionally shifted by a network of the context (one row per sample).
@@ -57,13 +61,16 @@ def _planar_root(
 
     ``g'(α) = tanh²(α+b) + slope·sech²(α+b)`` with ``slope = 1 + a > 0``, so ``g`` is strictly
     increasing and the root lies in ``[y − |a|, y + |a|]`` (because ``|tanh| ≤ 1``). Newton steps
-    that leave the current bracket are replaced by bisection; the bracket shrinks on every step.
+    that leave the current bracket, or shrink too slowly, are replaced by bisection (rtsafe), so
+    the bracket shrinks geometrically; converged entries are frozen while the others iterate.
     """
     lo = y - a.abs()
     hi = y + a.abs()
     alpha = y - a * torch.tanh(y + b)  # one fixed-point step: a good start when |a| is small
     alpha = torch.minimum(torch.maximum(alpha, lo), hi)
     eps = torch.finfo(y.dtype).eps
+    active = torch.ones_like(y, dtype=torch.bool)
+    dx = dx_old = hi - lo
     for _ in range(max_iter):
         t = torch.tanh(alpha + b)
         g = alpha + a * t - y
@@ -72,15 +79,24 @@ def _planar_root(
         lo = torch.where(g < 0, alpha, lo)
         hi = torch.where(g > 0, alpha, hi)
         newton = alpha - g / dg
-        inside = (newton > lo) & (newton < hi) & torch.isfinite(newton)
-        nxt = torch.where(inside, newton, 0.5 * (lo + hi))
-        nxt = torch.where(g == 0, alpha, nxt)
+        # Newton only when it stays inside the bracket and converges fast enough (its step is
+        # at most half the step before last, as in rtsafe); bisection otherwise, so oscillating
+        # Newton iterates cannot stall the bracket.
+        fast = 2 * (newton - alpha).abs() <= dx_old
+        use_newton = (newton > lo) & (newton < hi) & torch.isfinite(newton) & fast
+        nxt = torch.where(use_newton, newton, 0.5 * (lo + hi))
+        dx_old, dx = dx, (nxt - alpha).abs()
+        # Converged (α is kept): g at its evaluation noise, or a Newton step at α's round-off;
+        # or the bracket itself is at round-off (its midpoint is taken).
         tol = 4 * eps * (1 + alpha.abs())
-        # Stop when the step or the bracket is at α's round-off, or g is at its evaluation noise.
-        noise = 4 * eps * (alpha.abs() + (a * t).abs() + y.abs())
-        done = ((nxt - alpha).abs() <= tol) | ((hi - lo) <= tol) | (g.abs() <= noise)
-        alpha = nxt
-        if bool(done.all()):
+        settled = (g.abs() <= 4 * eps * (alpha.abs() + (a * t).abs() + y.abs())) | (
+            (newton - alpha).abs() <= tol
+        )
+        nxt = torch.where(settled, alpha, nxt)
+        done = settled | ((hi - lo) <= tol)
+        alpha = torch.where(active, nxt, alpha)  # converged entries stay where they are
+        active = active & ~done
+        if not bool(active.any()):
             break
     return alpha
 
@@ -90,7 +106,9 @@ class Planar(Transform):
 
     Invertibility needs ``wᵀû > −1``; it holds for every parameter value through the
     reparametrisation ``û = u + (m(wᵀu) − wᵀu) · w / ‖w‖²``, ``m(a) = −1 + softplus(a)``, so
-    ``wᵀû = m(wᵀu)``.
+    ``wᵀû = m(wᵀu)``. The free parameter is ``v = u − c·w/‖w‖²`` with ``c = log(e − 1)``
+    (``m(c) = 0``), so ``v = 0`` is exactly the identity whatever ``w`` and ``b`` are; layers
+    start at a small ``v``, and rescaling ``(v, w, b)`` keeps them well conditioned.
 
     ``ladj = log|1 + tanh'(wᵀz + b) · wᵀû|``, computed as
     ``log(tanh² + softplus(wᵀu) · sech²)`` (evaluated at ``wᵀz + b``), which stays finite even when
@@ -138,24 +156,25 @@ class Planar(Transform):
             raise ValueError(f"Planar: features must be >= 1, got {features}")
         super().__init__(d, context_features=context)
         self.features = d
-        # Start near the identity: u = log(e − 1)·w/‖w‖² gives m(wᵀu) = 0, hence û = 0; a small
-        # perturbation breaks the symmetry between stacked layers.
+        # v = 0 is the identity (see _unpack); a small v breaks the symmetry between layers.
         w = torch.randn(d) / d**0.5
         w = w / w.norm().clamp_min(1e-3) if d == 1 else w  # ‖w‖ well away from 0
-        u = math.log(math.e - 1) * w / (w * w).sum() + 0.01 * torch.randn(d)
-        initial = torch.cat([u, w, torch.zeros(1)])
+        v = _V_INIT * torch.randn(d)
+        initial = torch.cat([v, w, torch.zeros(1)])
         self.params = _Parameters(initial, self.context_features, hidden, activation)
 
     def _unpack(self, context: Tensor | None, like: Tensor) -> tuple[Tensor, ...]:
         """``(û, w, b, wᵀû, softplus(wᵀu))``, each with a leading batch (or 1) dimension."""
         theta = self.params(context if self.context_features else None, like)
         d = self.features
-        u, w, b = theta[:, :d], theta[:, d : 2 * d], theta[:, 2 * d]
-        wu = (w * u).sum(-1)
-        slope = F.softplus(wu)  # 1 + wᵀû
+        v, w, b = theta[:, :d], theta[:, d : 2 * d], theta[:, 2 * d]
+        # u = v + c·w/‖w‖² with c = log(e − 1), so wᵀu = wᵀv + c and
+        # û = u + (m(wᵀu) − wᵀu)·w/‖w‖² = v + (m(wᵀv + c) − wᵀv)·w/‖w‖².
+        wv = (w * v).sum(-1)
+        slope = F.softplus(wv + _IDENTITY)  # 1 + wᵀû = softplus(wᵀu)
         wu_hat = slope - 1
         norm2 = (w * w).sum(-1).clamp_min(torch.finfo(like.dtype).tiny)
-        u_hat = u + ((wu_hat - wu) / norm2).unsqueeze(-1) * w
+        u_hat = v + ((wu_hat - wv) / norm2).unsqueeze(-1) * w
         # softplus underflows to 0 for wᵀu < −745 (float64); keep the slope positive.
         slope = slope.clamp_min(torch.finfo(like.dtype).tiny)
         return u_hat, w, b, wu_hat, slope
