@@ -560,3 +560,14 @@ def test_dirichlet_pushed_through_calibration_samples_match_log_prob():
     x, lp = flow.sample_and_log_prob(200)
     assert Simplex(4).contains(x).all()
     assert torch.allclose(lp, flow.log_prob(x), atol=1e-9)
+
+
+def test_empty_and_single_batches():
+    for d in (UniformSphere(3), VonMisesFisher(3), VonMisesFisherMixture(3, components=2),
+              Dirichlet(3), UniformSimplex(3)):
+        assert d.sample(0).shape == (0, 3)
+        assert d.log_prob(d.sample(1)).shape == (1,)
+    for t in (NormalizedAffine(3, context_features=2), GeneralizedCalibration(3)):
+        ctx = torch.zeros(0, 2) if t.context_features else None
+        x, ladj = t(torch.zeros(0, 3), ctx)
+        assert x.shape == (0, 3) and ladj.shape == (0,)

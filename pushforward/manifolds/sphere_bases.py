@@ -243,7 +243,8 @@ class VonMisesFisherMixture(BaseDistribution):
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:
         n = _count(n)
         with torch.no_grad():
-            idx = torch.multinomial(self.weights.detach(), n, replacement=True)
+            idx = (torch.multinomial(self.weights.detach(), n, replacement=True) if n
+                   else torch.zeros(0, dtype=torch.long, device=self.logits.device))
         return sample_vmf(self.means[idx], self.concentration[idx])
 
     def extra_repr(self) -> str:
