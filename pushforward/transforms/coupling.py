@@ -147,6 +147,9 @@ class Coupling(Transform):
                 conditioner = MLP(n_id + c, n_tr * n_params, widths, activation, zero_last=True)
         self.conditioner = conditioner
         self._n_params = n_params
+        # Regular index sets (halves, alternating features) are read as strided views.
+        self._identity_slice = _as_slice(self.identity_index)
+        self._transformed_slice = _as_slice(self.transformed_index)
 
     def _params(self, z: Tensor, context: Tensor | None) -> Tensor:
         """Map parameters of the transformed elements, ``(batch, |B|, params)``."""
@@ -161,20 +164,25 @@ class Coupling(Transform):
             c, h, w = self.mask.shape
             out = out.reshape(batch, c, self._n_params, h, w).movedim(2, -1)
             return out.reshape(batch, c * h * w, self._n_params)[:, self.transformed_index]
-        part = z.index_select(1, self.identity_index)
+        part = self._select(z, self._identity_slice, self.identity_index)
         inputs = with_context(part, context if self.context_features else None)
         return self.conditioner(inputs).reshape(batch, -1, self._n_params)
+
+    @staticmethod
+    def _select(flat: Tensor, part: slice | None, index: Tensor) -> Tensor:
+        return flat[:, part] if part is not None else flat.index_select(1, index)
 
     def _couple(
         self, value: Tensor, context: Tensor | None, forward: bool
     ) -> tuple[Tensor, Tensor]:
         flat = value.reshape(value.shape[0], -1)
-        kept = flat.index_select(1, self.identity_index)
-        moved = flat.index_select(1, self.transformed_index)
+        moved = self._select(flat, self._transformed_slice, self.transformed_index)
         params = self._params(value, context)
         step = self.map.forward if forward else self.map.inverse
         out, ladj = step(moved, params)
-        merged = torch.cat([kept, out], 1).index_select(1, self.merge_index)
+        # One copy: the input with the transformed entries overwritten (its gradient flows to
+        # the kept entries and, through index_select, to ``out``).
+        merged = flat.index_copy(1, self.transformed_index, out)
         return merged.reshape(value.shape), ladj.sum(-1)
 
     def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -186,6 +194,18 @@ class Coupling(Transform):
     def extra_repr(self) -> str:
         base = super().extra_repr()
         return f"{base}, map={type(self.map).__name__}, transformed={len(self.transformed_index)}"
+
+
+def _as_slice(index: Tensor) -> slice | None:
+    """``index`` as a slice when it is an arithmetic progression with a positive step."""
+    n = len(index)
+    if n == 0:
+        return None
+    start = int(index[0])
+    step = int(index[1] - index[0]) if n > 1 else 1
+    if step < 1 or not torch.equal(index.cpu(), torch.arange(start, start + step * n, step)):
+        return None
+    return slice(start, start + step * (n - 1) + 1, step)
 
 
 class AdditiveCoupling(Coupling):
