@@ -282,7 +282,8 @@ def test_regularization_is_a_zero_tensor_without_weights():
 
 
 # -- adjoint ----------------------------------------------------------------------------------
-def test_adjoint_gradients_match_direct_backprop_including_context():
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_adjoint_gradients_match_direct_backprop_including_context(trace):
     torch.manual_seed(1)
     field = TimeMLP(2, (12, 12), context_features=3).double()
     embedding = nn.Linear(2, 3).double()
@@ -290,8 +291,9 @@ def test_adjoint_gradients_match_direct_backprop_including_context():
     raw = torch.randn(5, 2, dtype=D64)
     grads = []
     for adjoint in (False, True):
-        cnf = CNF(field, 2, adjoint=adjoint, kinetic=0.1, jacobian=0.1, **TIGHT)
+        cnf = CNF(field, 2, trace=trace, adjoint=adjoint, kinetic=0.1, jacobian=0.1, **TIGHT)
         flow = pf.Flow(cnf, pf.StandardNormal(2), embedding=embedding, context_features=2)
+        torch.manual_seed(2)  # the same Hutchinson noise for both solves
         field.zero_grad()
         embedding.zero_grad()
         loss = -flow.log_prob(x, raw).mean() + cnf.regularization()
@@ -486,3 +488,20 @@ def test_fit_adds_the_rnode_penalty_and_logs_nfe():
         assert function_evaluations(flow) == (flow.transform.nfe, 0)
     # the penalised run learned a field with clearly less kinetic energy
     assert energies[5.0] < 0.5 * energies[0.0], energies
+
+
+@pytest.mark.parametrize("options", [{}, {"augment": 1, "samples": 2}])
+def test_preset_save_load_round_trip(tmp_path, options):
+    torch.manual_seed(0)
+    flow = pf.flows.CNF(2, hidden=(8,), **options)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    pf.save(flow, tmp_path)
+    loaded = pf.load(tmp_path)
+    assert type(loaded) is type(flow) and loaded.config == flow.config
+    x = torch.randn(4, 2)
+    torch.manual_seed(1)
+    expected = flow.log_prob(x)
+    torch.manual_seed(1)
+    assert torch.allclose(loaded.log_prob(x), expected, atol=1e-6)
