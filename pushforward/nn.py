@@ -250,7 +250,10 @@ class MADE(nn.Module):
         layers = self.layers
         weights = [layer.weight * layer.mask for layer in layers]
         first = weights[0]
-        pre = self._first(layers[0].bias.expand(like.shape[0], -1), context)
+        # The first layer at u = 0 (one product, so every weight is in the graph even when a
+        # feature's column is never used), then one rank-one update per generated feature.
+        pre = self._first(nn.functional.linear(torch.zeros_like(like), first, layers[0].bias),
+                          context)
         d, p = self.features, self.params
         out_weight = weights[-1].unflatten(0, (d, p))
         out_bias = layers[-1].bias.unflatten(0, (d, p))
