@@ -42,8 +42,12 @@ __all__ = ["fit", "fit_reverse_kl", "History", "TrainingDiverged", "regularizati
            "function_evaluations"]
 
 
-class TrainingDiverged(RuntimeError):
-    """Training produced ``max_bad_steps`` non-finite losses or gradients in a row."""
+class TrainingDiverged(RuntimeError, ValueError):
+    """Training produced ``max_bad_steps`` non-finite losses or gradients in a row.
+
+    Also a ``ValueError``: it usually means the data, the learning rate or the model's scale are
+    unsuitable.
+    """
 
 
 @dataclasses.dataclass
@@ -742,6 +746,9 @@ def fit_reverse_kl(
             weights.append((log_density(x) - log_q).double())
         w = torch.cat(weights)
         w = w[torch.isfinite(w)]
+        if w.numel() == 0:
+            raise ValueError("fit_reverse_kl: log_density is not finite on any of the flow's "
+                             "samples, so log Z cannot be estimated")
         elbo = float(w.mean())
         log_z = float(torch.logsumexp(w, 0) - math.log(w.numel()))
     history.extra.update({"elbo": elbo, "log_normalizer": log_z, "kl": log_z - elbo})
