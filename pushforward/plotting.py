@@ -77,7 +77,8 @@ def plot_history(history: Any, path: str | os.PathLike, title: str = "training")
     ax.set_xlabel("step")
     ax.set_ylabel("negative log-likelihood (nats)")
     ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
