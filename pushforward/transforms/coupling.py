@@ -154,6 +154,10 @@ class Coupling(Transform):
     def _params(self, z: Tensor, context: Tensor | None) -> Tensor:
         """Map parameters of the transformed elements, ``(batch, |B|, params)``."""
         batch = z.shape[0]
+        if self.context_features and context is None:
+            raise ValueError(
+                f"{type(self).__name__}: needs a context of width {self.context_features}"
+            )
         if self.image:
             inputs = z * self.mask.to(z.dtype)
             if self.context_features:
