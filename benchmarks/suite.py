@@ -1,0 +1,437 @@
+"""Performance suite: pushforward beside zuko, nflows and normflows, all in one process.
+
+One command::
+
+    nice -n 10 python benchmarks/suite.py                  # full suite: Markdown + JSON
+    python benchmarks/suite.py --parts speed --dims 16      # a part, a subset
+    python benchmarks/suite.py --compile maf:16 nsf:16     # + torch.compile column (slow to build)
+
+Three parts, each comparing the same architecture (layers, hidden widths, bins; the parameter
+counts are printed and must agree) with ``torch.set_num_threads`` fixed (``--threads``, default 1):
+
+* ``speed``: ``log_prob`` without gradients, a training step (``-log_prob(x).mean()``, backward,
+  Adam step) and sampling, for MAF, RealNVP-style affine coupling and autoregressive NSF at
+  d ∈ {2, 16, 64}, batch 1024. The measurement loop of ``benchmarks/throughput.py`` is reused:
+  implementations alternate inside every repeat (order reversed on odd repeats), each measurement
+  lasts ``--min-time`` seconds, and the table reports the median with its min–max spread over
+  ``--repeats`` repeats, plus our speed over the FASTEST peer (> 1: ours is faster).
+* ``memory``: peak memory of one training step (after a warm-up step, so the Adam state exists
+  before and after and is not counted). ``tracemalloc`` does not see torch's CPU allocations, so
+  the step runs under ``torch.profiler`` with ``profile_memory=True``; every operator records the
+  bytes it allocated and freed itself (``self_cpu_memory_usage``, frees are negative), and the
+  peak is the running maximum of their cumulative sum in start-time order. It counts tensors
+  only (activations kept for backward, gradients, temporaries), not the Python heap or allocator
+  caching, and is deterministic for a given model, so one run suffices.
+* ``nll``: test NLL after the same number of Adam steps (same learning rate, batch size, seed and
+  data order) on two 2-D toys (moons, 8 Gaussians) and on the 8×8 digits in bits/dim. Digits
+  are dequantised, ``u = (k + ε)/17``, and mapped to ``y = logit(α + (1 − 2α)u)`` outside the flow
+  for every implementation alike; bits/dim adds the exact log-Jacobian of that map and
+  ``D log 17`` (``pushforward.data.bits_per_dim``).
+
+normflows' ``MaskedAffineAutoregressive`` is (like nflows') parallel in its ``forward``, which
+normflows uses for sampling, so as built by ``throughput.py`` it is an IAF (sequential density);
+the suite wraps it in ``normflows.flows.Reverse`` so that every "MAF" has a one-pass density and a
+sequential sampler, as in the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import throughput as tp  # noqa: E402
+
+import pushforward as pf  # noqa: E402
+
+PARTS = ("speed", "memory", "nll")
+TOYS = ("moons", "8gaussians")
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+def build(impl: str, flow: str, d: int, cfg: argparse.Namespace) -> tp.Model:
+    """Our flow or a peer's, from ``throughput.py``'s builders (normflows' MAF made a MAF)."""
+    if impl == "pushforward":
+        return tp.build_ours(flow, d, cfg)
+    model = tp.BUILDERS[impl](flow, d, cfg)
+    if impl == "normflows" and flow == "maf":
+        import normflows as nf
+
+        layers = model.module.flows
+        for i, layer in enumerate(layers):
+            if isinstance(layer, nf.flows.MaskedAffineAutoregressive):
+                layers[i] = nf.flows.Reverse(layer)
+        model = tp.Model("normflows", model.module, model.log_prob, model.sample)
+    return model
+
+
+def compiled(model: tp.Model, x: Tensor) -> dict[str, object]:
+    """Our flow's operations through ``pushforward.training.compiled`` (Inductor)."""
+    from pushforward.training.compiled import compile_log_prob, compile_train_step
+
+    flow = model.module
+    log_prob = compile_log_prob(flow)
+    step = compile_train_step(flow, torch.optim.Adam(flow.parameters(), lr=1e-4))
+
+    def lp() -> object:
+        with torch.no_grad():
+            return log_prob(x)
+
+    return {"log_prob": lp, "train_step": lambda: step(x)}
+
+
+# -- speed ----------------------------------------------------------------------------------------
+
+
+def _calibrate(fn: object, min_time: float) -> tuple[int, float]:
+    """``throughput.calibrate`` as ``(iterations, seconds per call)``."""
+    got = tp.calibrate(fn, min_time)
+    return got if isinstance(got, tuple) else (got, min_time / got)
+
+
+def speed_case(flow: str, d: int, impls: list[str], cfg: argparse.Namespace) -> list[dict]:
+    torch.manual_seed(0)
+    x = torch.randn(cfg.batch, d)
+    models = []
+    for impl in impls:
+        try:
+            models.append(build(impl, flow, d, cfg))
+        except Exception as err:  # a peer's API changed: report and go on
+            print(f"[skip] {impl} {flow} d={d}: {type(err).__name__}: {err}", file=sys.stderr)
+    fns = {m.impl: tp.operations(m, x) for m in models}
+    params = {m.impl: m.params for m in models}
+    if f"{flow}:{d}" in cfg.compile:
+        start = time.perf_counter()
+        twin = build("pushforward", flow, d, cfg)
+        twin.module.load_state_dict(models[0].module.state_dict())
+        fns["pushforward+compile"] = compiled(twin, x)
+        params["pushforward+compile"] = twin.params
+        for fn in fns["pushforward+compile"].values():
+            fn()
+        print(f"  compiled {flow} d={d} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    records = []
+    for op in tp.OPS:
+        names = [n for n in fns if op in fns[n]]
+        calls = [fns[n][op] for n in names]
+        calibrated = [_calibrate(fn, cfg.min_time) for fn in calls]
+        iterations = [n for n, _ in calibrated]
+        # very slow operations (sequential sampling of peers at d = 64 takes seconds) get at
+        # most 3 repeats so that the whole run stays within minutes
+        slow = max(once for _, once in calibrated) > cfg.slow
+        repeats = min(cfg.repeats, 3) if slow else cfg.repeats
+        times: list[list[float]] = [[] for _ in names]
+        for r in range(repeats):
+            order = list(range(len(names)))
+            if r % 2:
+                order.reverse()
+            for i in order:
+                times[i].append(tp.measure(calls[i], iterations[i], cfg.clock))
+        for name, t, n in zip(names, times, iterations):
+            med = statistics.median(t)
+            records.append({
+                "flow": flow, "d": d, "impl": name, "op": op, "params": params[name],
+                "batch": cfg.batch, "iterations": n, "seconds": t, "median_s": med,
+                "throughput": cfg.batch / med, "throughput_min": cfg.batch / max(t),
+                "throughput_max": cfg.batch / min(t),
+            })
+        print(f"  {flow} d={d} {op}: " + ", ".join(
+            f"{r['impl']} {r['throughput'] / 1e3:.1f}k/s" for r in records[-len(names):]),
+            file=sys.stderr, flush=True)
+    return records
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+def peak_train_memory(model: tp.Model, d: int, batch: int) -> int:
+    """Peak bytes held by tensors during one training step (see the module docstring)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    step = tp.operations(model, torch.randn(batch, d))["train_step"]
+    step()  # Adam state and lazy buffers exist before the measured step
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    total = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        total += event.self_cpu_memory_usage
+        peak = max(peak, total)
+    return peak
+
+
+def memory_case(flow: str, d: int, impls: list[str], cfg: argparse.Namespace) -> list[dict]:
+    records = []
+    for impl in impls:
+        torch.manual_seed(0)
+        model = build(impl, flow, d, cfg)
+        peak = peak_train_memory(model, d, cfg.batch)
+        records.append({"flow": flow, "d": d, "impl": impl, "params": model.params,
+                        "batch": cfg.batch, "peak_bytes": peak})
+    print(f"  memory {flow} d={d}: " + ", ".join(
+        f"{r['impl']} {r['peak_bytes'] / 2**20:.2f} MiB" for r in records), file=sys.stderr)
+    return records
+
+
+# -- NLL at equal budget --------------------------------------------------------------------------
+
+_ALPHA = 0.05
+
+
+def nll_data(name: str, seed: int) -> tuple[Tensor, Tensor, float]:
+    """Train and test sets (float32) and the per-sample term that turns an NLL into the target
+    unit: 0 for the toys (nats), ``D log 17 - log|det dy/du|`` handled per sample for digits."""
+    if name in TOYS:
+        train = torch.as_tensor(pf.data.toy(name, 20000, seed=seed), dtype=torch.float32)
+        test = torch.as_tensor(pf.data.toy(name, 5000, seed=seed + 1), dtype=torch.float32)
+        return train, test, 0.0
+    images, _, levels = pf.data.images.digits()
+    k = torch.as_tensor(images, dtype=torch.float32).flatten(1)
+    order = torch.randperm(len(k), generator=torch.Generator().manual_seed(seed))
+    return k[order[:1497]], k[order[1497:]], float(levels)
+
+
+def _logit(k: Tensor, levels: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Dequantise and logit-map pixel levels; returns ``y`` and ``log|det dy/du|`` per image."""
+    u = (k + torch.rand(k.shape, generator=generator)) / levels
+    p = _ALPHA + (1 - 2 * _ALPHA) * u
+    y = torch.log(p) - torch.log1p(-p)
+    log_det = (math.log(1 - 2 * _ALPHA) - torch.log(p) - torch.log1p(-p)).sum(-1)
+    return y, log_det
+
+
+def nll_case(flow: str, name: str, impls: list[str], cfg: argparse.Namespace) -> list[dict]:
+    train, test, levels = nll_data(name, cfg.seed)
+    d = train.shape[1]
+    if levels:
+        test_y, test_log_det = _logit(test, levels, torch.Generator().manual_seed(cfg.seed))
+    records = []
+    for impl in impls:
+        torch.manual_seed(cfg.seed)
+        model = build(impl, flow, d, cfg)
+        optimizer = torch.optim.Adam(model.module.parameters(), lr=cfg.lr)
+        batches = torch.Generator().manual_seed(cfg.seed)
+        start = time.perf_counter()
+        for _ in range(cfg.steps):
+            x = train[torch.randint(len(train), (cfg.nll_batch,), generator=batches)]
+            if levels:
+                x, _ = _logit(x, levels, batches)
+            optimizer.zero_grad(set_to_none=True)
+            loss = -model.log_prob(x).mean()
+            loss.backward()
+            optimizer.step()
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            if levels:
+                log_pu = model.log_prob(test_y) + test_log_det
+                value = float(pf.data.bits_per_dim(-log_pu.mean(), d, int(levels)))
+            else:
+                value = float(-model.log_prob(test).mean())
+        records.append({"flow": flow, "data": name, "impl": impl, "params": model.params,
+                        "steps": cfg.steps, "batch": cfg.nll_batch, "lr": cfg.lr,
+                        "value": value, "unit": "bits/dim" if levels else "nats",
+                        "train_seconds": seconds})
+    print(f"  nll {flow} {name}: " + ", ".join(
+        f"{r['impl']} {r['value']:.4f}" for r in records), file=sys.stderr, flush=True)
+    return records
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def _fmt(v: float) -> str:
+    return f"{v / 1e3:.1f}k" if v >= 1e3 else f"{v:.0f}"
+
+
+def speed_table(records: list[dict], peers: list[str]) -> str:
+    index = {(r["flow"], r["d"], r["impl"], r["op"]): r for r in records}
+    keys = sorted({(r["flow"], r["d"]) for r in records},
+                  key=lambda k: (tp.FLOWS.index(k[0]), k[1]))
+    impls = ["pushforward", "pushforward+compile", *peers]
+    lines = ["| flow | d | impl | params | log_prob /s | train step /s | sample /s |",
+             "|---|---|---|---|---|---|---|"]
+    ratio_lines = ["| flow | d | fastest peer: log_prob | train step | sample "
+                   "| ours / fastest: log_prob | train step | sample |",
+                   "|---|---|---|---|---|---|---|---|"]
+    for flow, d in keys:
+        for impl in impls:
+            if not any((flow, d, impl, op) in index for op in tp.OPS):
+                continue
+            cells = [flow, str(d), impl, str(next(
+                index[(flow, d, impl, op)]["params"] for op in tp.OPS
+                if (flow, d, impl, op) in index))]
+            for op in tp.OPS:
+                r = index.get((flow, d, impl, op))
+                cells.append("—" if r is None else f"{_fmt(r['throughput'])} "
+                             f"({_fmt(r['throughput_min'])}–{_fmt(r['throughput_max'])})")
+            lines.append("| " + " | ".join(cells) + " |")
+        best, ratio = [], []
+        for op in tp.OPS:
+            found = [index[(flow, d, p, op)] for p in peers if (flow, d, p, op) in index]
+            if not found or (flow, d, "pushforward", op) not in index:
+                best.append("—")
+                ratio.append("—")
+                continue
+            top = max(found, key=lambda r: r["throughput"])
+            ours = index[(flow, d, "pushforward", op)]["throughput"]
+            best.append(top["impl"])
+            ratio.append(f"{ours / top['throughput']:.2f}×")
+        ratio_lines.append(f"| {flow} | {d} | " + " | ".join(best + ratio) + " |")
+    return "\n".join(lines) + "\n\n" + "\n".join(ratio_lines)
+
+
+def memory_table(records: list[dict], peers: list[str]) -> str:
+    index = {(r["flow"], r["d"], r["impl"]): r for r in records}
+    keys = sorted({(r["flow"], r["d"]) for r in records},
+                  key=lambda k: (tp.FLOWS.index(k[0]), k[1]))
+    impls = ["pushforward", *peers]
+    lines = ["| flow | d | params | " + " | ".join(f"{i} MiB" for i in impls)
+             + " | ours / smallest peer |", "|---|---|---|" + "---|" * (len(impls) + 1)]
+    for flow, d in keys:
+        row = [index.get((flow, d, i)) for i in impls]
+        cells = ["—" if r is None else f"{r['peak_bytes'] / 2**20:.2f}" for r in row]
+        peer_peaks = [r["peak_bytes"] for r in row[1:] if r is not None]
+        ratio = (f"{row[0]['peak_bytes'] / min(peer_peaks):.2f}"
+                 if row[0] is not None and peer_peaks else "—")
+        lines.append(f"| {flow} | {d} | {row[0]['params'] if row[0] else '—'} | "
+                     + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
+def nll_table(records: list[dict], peers: list[str]) -> str:
+    index = {(r["flow"], r["data"], r["impl"]): r for r in records}
+    keys = sorted({(r["flow"], r["data"]) for r in records},
+                  key=lambda k: (tp.FLOWS.index(k[0]), k[1]))
+    impls = ["pushforward", *peers]
+    lines = ["| flow | data | unit | " + " | ".join(impls) + " | ours − best peer |",
+             "|---|---|---|" + "---|" * (len(impls) + 1)]
+    for flow, data in keys:
+        row = [index.get((flow, data, i)) for i in impls]
+        unit = next(r["unit"] for r in row if r is not None)
+        cells = ["—" if r is None else f"{r['value']:.4f}" for r in row]
+        peer_values = [r["value"] for r in row[1:] if r is not None]
+        gap = (f"{row[0]['value'] - min(peer_values):+.4f}"
+               if row[0] is not None and peer_values else "—")
+        lines.append(f"| {flow} | {data} | {unit} | " + " | ".join(cells) + f" | {gap} |")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (float("nan"),) * 3
+    return {"cpu": model, "nproc": os.cpu_count(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "load_average": [round(v, 2) for v in load]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
+    parser.add_argument("--flows", nargs="+", default=list(tp.FLOWS), choices=tp.FLOWS)
+    parser.add_argument("--dims", nargs="+", type=int, default=[2, 16, 64])
+    parser.add_argument("--peers", nargs="+", default=list(tp.PEERS), choices=tp.PEERS)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--transforms", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=64, help="width of every hidden layer")
+    parser.add_argument("--layers", type=int, default=2, help="hidden layers per conditioner")
+    parser.add_argument("--bins", type=int, default=8)
+    parser.add_argument("--bound", type=float, default=5.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--min-time", type=float, default=0.05)
+    parser.add_argument("--slow", type=float, default=1.0,
+                        help="an operation slower than this per call (s) gets at most 3 repeats")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=sorted(tp.CLOCKS), default="wall")
+    parser.add_argument("--compile", nargs="*", default=[], metavar="FLOW:D",
+                        help="also time our torch.compile'd log_prob and training step there")
+    parser.add_argument("--steps", type=int, default=1000, help="NLL: Adam steps")
+    parser.add_argument("--nll-batch", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("suite.json"))
+    cfg = parser.parse_args(argv)
+    torch.set_num_threads(cfg.threads)
+    peers = tp.available_peers(cfg.peers)
+    impls = ["pushforward", *peers]
+    versions = {"pushforward": pf.__version__}
+    for peer in peers:
+        try:
+            versions[peer] = importlib.metadata.version(peer)
+        except importlib.metadata.PackageNotFoundError:
+            versions[peer] = getattr(__import__(peer), "__version__", "?")
+    info = machine()
+    print(f"# machine {info}; versions {versions}", file=sys.stderr)
+    result: dict = {"meta": {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": info, "versions": versions,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
+    }}
+    out = []
+    head = (f"torch {torch.__version__}, torch.set_num_threads({cfg.threads}), {info['cpu']} "
+            f"(nproc {info['nproc']}), load average at start {info['load_average']}; "
+            f"{cfg.transforms} transforms, hidden {[cfg.hidden] * cfg.layers}, bins {cfg.bins}.")
+    out.append(head)
+    if "speed" in cfg.parts:
+        records = []
+        for flow in cfg.flows:
+            for d in cfg.dims:
+                records.extend(speed_case(flow, d, impls, cfg))
+        result["speed"] = records
+        out.append(f"\n### Throughput (samples/s, batch {cfg.batch}, median (min–max) of "
+                   f"{cfg.repeats} alternating repeats, {cfg.clock} clock)\n")
+        out.append(speed_table(records, peers))
+    if "memory" in cfg.parts:
+        records = []
+        for flow in cfg.flows:
+            for d in cfg.dims:
+                records.extend(memory_case(flow, d, impls, cfg))
+        result["memory"] = records
+        out.append(f"\n### Peak tensor memory of one training step (batch {cfg.batch}, "
+                   "torch.profiler)\n")
+        out.append(memory_table(records, peers))
+    if "nll" in cfg.parts:
+        records = []
+        for flow in cfg.flows:
+            for name in (*TOYS, "digits"):
+                records.extend(nll_case(flow, name, impls, cfg))
+        result["nll"] = records
+        out.append(f"\n### Test NLL after {cfg.steps} Adam steps (lr {cfg.lr}, batch "
+                   f"{cfg.nll_batch}, seed {cfg.seed}; toys in nats, digits in bits/dim; lower "
+                   "is better)\n")
+        out.append(nll_table(records, peers))
+    result["meta"]["load_average_end"] = machine()["load_average"]
+    cfg.out.write_text(json.dumps(result, indent=1))
+    print("\n".join(out))
+    print(f"\nload average at end {result['meta']['load_average_end']}; raw data: {cfg.out}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
