@@ -253,6 +253,10 @@ def test_coupling_bad_input():
         Coupling(coupling_mask(3), "cubic")
     with pytest.raises(ValueError, match="bound"):
         AffineCoupling(coupling_mask(3), bound=-1.0)
+    for shape in [(3,), (2, 2, 2)]:
+        layer = AffineCoupling(coupling_mask(shape, "channel"), context=2, hidden=4)
+        with pf.validation(False), pytest.raises(ValueError, match="context"):
+            layer(torch.randn(2, *shape))
 
 
 def test_squeeze_is_space_to_depth_in_the_normalizing_direction():
