@@ -33,11 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.naive_bayes import GaussianNB
 from sklearn.neural_network import MLPClassifier
@@ -228,6 +230,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", category=ConvergenceWarning)  # the MLP's max_iter
     if args.quick:  # no penalty selection: one fit per generalised calibration
         global PENALTIES
         PENALTIES = (1e-2,)
