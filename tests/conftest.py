@@ -8,10 +8,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed():
     torch.manual_seed(0)
     yield
 
 
 def pytest_configure(config):
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # One thread: the suite is many small models, where a second thread only adds contention.
+    torch.set_num_threads(1)
