@@ -245,3 +245,11 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+
+
+def test_resume_keeps_the_run_settings(trained, tmp_path, capsys):
+    assert main(["train", "--resume", "--out", str(trained), "--flow", "maf"]) == 1
+    err = capsys.readouterr().err
+    assert "differs from the run" in err and "\n" not in err.strip()
+    assert main(["eval", "--checkpoint", str(trained), "--split", "all"]) == 0
+    assert "20000 points" in capsys.readouterr().out

@@ -317,3 +317,27 @@ def test_tampered_training_state_is_refused(tmp_path):
     with pytest.raises(ValueError):
         fit(_maf(), x, steps=12, batch_size=64, progress=False, checkpoint_dir=tmp_path,
             resume=True)
+
+
+def test_sigint_checkpoints_and_resume_matches(tmp_path):
+    import os
+    import signal
+
+    x, _ = _gaussian_data(512, 2)
+    kwargs = dict(steps=30, batch_size=64, lr=5e-3, seed=2, progress=False)
+    reference = _maf()
+    fit(reference, x, **kwargs)
+
+    def interrupt(step, nll):
+        if step == 12:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    flow = _maf()
+    history = fit(flow, x, checkpoint_dir=tmp_path, callback=interrupt, **kwargs)
+    assert history.interrupted and 12 < history.steps < 30
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    resumed = _maf(seed=5)
+    history = fit(resumed, x, checkpoint_dir=tmp_path, resume=True, **kwargs)
+    assert not history.interrupted and history.steps == 30
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
