@@ -342,6 +342,20 @@ def test_augmented_bound_is_tight_when_q_is_the_true_posterior():
     assert torch.allclose(flow.log_prob(x), exact, atol=1e-8)
 
 
+def test_augmented_flow_with_a_data_side_transform():
+    # the tight case again, seen through x = 2 y + 1 (what the CLI's standardisation does)
+    A = torch.zeros(3, 3, dtype=D64)
+    A[:2, :2] = _matrix(2, seed=9)
+    layer = pf.transforms.Affine(2, scale=torch.tensor([2.0, 2.0]), shift=torch.tensor([1.0, 1.0]))
+    flow = pf.data.preprocess.wrap(_augmented(A), [layer.double()])
+    assert isinstance(flow, AugmentedFlow) and flow.event_shape == (2,)
+    E = torch.linalg.matrix_exp(A[:2, :2])
+    x = torch.randn(4, 2, dtype=D64)
+    exact = _gaussian_log_prob((x - 1) / 2, E @ E.T) - 2 * math.log(2)
+    assert torch.allclose(flow.log_prob(x), exact, atol=1e-8)
+    assert flow.sample(5).shape == (5, 2)
+
+
 def test_augmented_flow_shapes_learned_q_and_sampling():
     torch.manual_seed(0)
     flow = pf.flows.CNF(2, augment=2, hidden=(8,), samples=3)

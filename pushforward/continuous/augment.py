@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from pushforward import _validation as _v
-from pushforward.core import BaseDistribution, Flow, Transform
+from pushforward.core import BaseDistribution, Chain, Flow, Transform
 from pushforward.distributions import DiagonalNormal, StandardNormal
 
 __all__ = ["AugmentedFlow"]
@@ -67,6 +67,9 @@ class AugmentedFlow(Flow):
         samples: ``K``, importance samples per point in ``log_prob`` (default 1: the ELBO).
         embedding: optional context embedding (as in ``Flow``).
         context_features: raw context width (as in ``Flow``).
+        data_transform: an optional bijection on the ``d`` data dimensions applied after ``a``
+            is dropped (data side last), e.g. a fixed standardisation:
+            ``x = data_transform(y)``, ``log p(x) ≥ L_K(y) + log|det ∂y/∂x|``.
 
     References:
         Augmented neural ODEs. E. Dupont, A. Doucet, Y. W. Teh, 2019. arXiv:1904.01681.
@@ -85,6 +88,7 @@ class AugmentedFlow(Flow):
         samples: int = 1,
         embedding: nn.Module | None = None,
         context_features: int | None = None,
+        data_transform: Transform | None = None,
     ) -> None:
         super().__init__(transform, base, embedding, context_features)
         augment = int(getattr(transform, "augment", 0)) if augment is None else int(augment)
@@ -102,6 +106,21 @@ class AugmentedFlow(Flow):
         self.event_shape = (self.features,)
         self.q = _auxiliary(q, augment)
         self.samples = samples
+        if data_transform is not None and not isinstance(data_transform, Transform):
+            raise TypeError("AugmentedFlow: data_transform must be a pushforward Transform")
+        self.data_transform = data_transform
+
+    def wrap_data(self, layers: list[Transform]) -> AugmentedFlow:
+        """A copy-free view of this flow with ``layers`` appended on the data side (shares
+        every module; used by ``pushforward.data.preprocess.wrap``)."""
+        if not layers:
+            return self
+        current = [] if self.data_transform is None else [self.data_transform]
+        return AugmentedFlow(
+            self.transform, self.base, self.augment, self.q, self.samples, self.embedding,
+            self.context_features if self.embedding is not None else None,
+            Chain([*current, *layers]),
+        )
 
     @property
     def samples(self) -> int:
@@ -141,6 +160,10 @@ class AugmentedFlow(Flow):
             _v.check_tensor(x, self.event_shape, "AugmentedFlow.log_prob", "x")
         batch = x.shape[0]
         ctx = self._context(context, batch)
+        outer = x.new_zeros(batch)
+        if self.data_transform is not None:
+            with _v.validation(False):
+                x, outer = self.data_transform.inverse(x, ctx)
         xs = x.repeat(k, 1)
         ctxs = None if ctx is None else ctx.repeat(k, 1)
         with _v.validation(False):
@@ -148,12 +171,20 @@ class AugmentedFlow(Flow):
             z, ladj = self.transform.inverse(torch.cat([xs, a], dim=-1), ctxs)
             log_joint = self._base_log_prob(z, ctxs) + ladj
         weights = (log_joint - log_q).reshape(k, batch)
-        return torch.logsumexp(weights, dim=0) - math.log(k)
+        return torch.logsumexp(weights, dim=0) - math.log(k) + outer
 
     def rsample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         """``x`` from the joint flow with ``a`` dropped, ``(n, d)`` or ``(n, B, d)``."""
         joint, _ = super().rsample_and_log_prob(n, context, temperature)
-        return joint[..., : self.features]
+        y = joint[..., : self.features]
+        if self.data_transform is None:
+            return y
+        ctx = None
+        if context is not None:
+            ctx = self._context(context.repeat(y.shape[0], 1), None)
+        with _v.validation(False):
+            x, _ = self.data_transform(y.reshape(-1, self.features), ctx)
+        return x.reshape(y.shape)
 
     @torch.no_grad()
     def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:

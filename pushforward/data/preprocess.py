@@ -185,12 +185,15 @@ def wrap(flow: Flow, layers: Sequence[Transform]) -> Flow:
     """
     if not layers:
         return flow
-    wrapped = Flow(
-        Chain([flow.transform, *layers]),
-        flow.base,
-        embedding=flow.embedding,
-        context_features=flow.context_features if flow.embedding is not None else None,
-    )
+    if callable(getattr(flow, "wrap_data", None)):  # an augmented flow: layers act on x only
+        wrapped = flow.wrap_data(list(layers))
+    else:
+        wrapped = Flow(
+            Chain([flow.transform, *layers]),
+            flow.base,
+            embedding=flow.embedding,
+            context_features=flow.context_features if flow.embedding is not None else None,
+        )
     config = getattr(flow, "config", None)
     if isinstance(config, dict):
         wrapped.config = {**config, "preprocess": [layer.spec() for layer in layers]}
