@@ -217,9 +217,14 @@ class MADE(nn.Module):
         layers = self.layers
         h = self._first(layers[0](x), context)
         last = len(layers) - 1
+        # Without residual blocks every pre-activation is a fresh tensor used once, so a ReLU
+        # can overwrite it (one allocation fewer per layer; autograd keeps the output it needs).
+        inplace = not self.residual and type(self.activation) is nn.ReLU
         for i in range(1, last + 1):
             if self.residual and i < last:
                 h = h + layers[i](self.activation(h))
+            elif inplace:
+                h = layers[i](torch.relu_(h))
             else:
                 h = layers[i](self.activation(h))
         return h.unflatten(-1, (self.features, self.params))

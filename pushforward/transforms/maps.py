@@ -25,8 +25,12 @@ __all__ = [
 
 
 def soft_clamp(u: Tensor, bound: float) -> Tensor:
-    """``bound · tanh(u / bound)``: identity near 0, smoothly limited to ``(−bound, bound)``."""
-    return bound * torch.tanh(u / bound)
+    """``bound · tanh(u / bound)``: identity near 0, smoothly limited to ``(−bound, bound)``.
+
+    Evaluated as ``2·bound·σ(2u/bound) − bound`` (the same function): torch's CPU sigmoid is
+    about 9× faster than its tanh (15 µs against 136 µs on 1024×64 floats, one AVX-512 thread).
+    """
+    return torch.sigmoid(u * (2.0 / bound)).mul(2.0 * bound).sub_(bound)
 
 
 class ElementwiseMap(Protocol):
@@ -66,11 +70,56 @@ class AffineMap:
 
     def forward(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         log_scale, shift = self._split(params)
-        return z * log_scale.exp() + shift, log_scale
+        return torch.addcmul(shift, z, log_scale.exp()), log_scale
 
     def inverse(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        log_scale, shift = self._split(params)
-        return (x - shift) * (-log_scale).exp(), -log_scale
+        # the density direction, where training spends its time: one fused autograd node when
+        # a gradient is wanted; plain operations otherwise (no autograd.Function overhead)
+        if torch.is_grad_enabled() and (x.requires_grad or params.requires_grad):
+            return _AffineInverse.apply(x, params, self.bound)
+        return _AffineInverse.forward(x, params, self.bound)
+
+
+def _negative_log_scale(raw_scale: Tensor, bound: float | None) -> Tensor:
+    """``−s = −B tanh(ŝ/B) = soft_clamp(−ŝ, B)`` (tanh is odd, so no separate negation)."""
+    if bound is None:
+        return -raw_scale
+    return torch.sigmoid(raw_scale * (-2.0 / bound)).mul(2.0 * bound).sub_(bound)
+
+
+class _AffineInverse(torch.autograd.Function):
+    """``z = (x − t)·exp(−s)`` and ``−s`` as one autograd node.
+
+    Saves only ``z`` (the next layer's input, alive anyway) and ``−s``; the backward is written
+    out: ``∂z/∂x = e^{−s}``, ``∂z/∂t = −e^{−s}``, ``∂z/∂(−s) = z`` and
+    ``∂(−s)/∂ŝ = (−s/B)² − 1``. Built from differentiable operations, so double backward works.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, params: Tensor, bound: float | None) -> tuple[Tensor, Tensor]:
+        raw_scale, shift = params.unbind(-1)
+        neg = _negative_log_scale(raw_scale, bound)
+        return (x - shift) * neg.exp(), neg
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        ctx.bound = inputs[2]
+        ctx.save_for_backward(*output)
+
+    @staticmethod
+    def backward(ctx, grad_z: Tensor, grad_neg: Tensor | None):  # noqa: ANN001, ANN205
+        z, neg = ctx.saved_tensors
+        scale = neg.exp()
+        grad_x = grad_z * scale
+        grad_n = grad_z * z if grad_neg is None else torch.addcmul(grad_neg, grad_z, z)
+        if ctx.bound is None:
+            grad_raw = -grad_n
+        else:
+            grad_raw = grad_n * ((neg * (1.0 / ctx.bound)).square() - 1.0)
+        grad_params = torch.stack([grad_raw, -grad_x], dim=-1)
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_params, None
 
 
 class AdditiveMap:
