@@ -430,6 +430,15 @@ def test_copies_and_state_dict_after_a_solve():
     assert torch.allclose(twin(z)[0], cnf(z)[0])
 
 
+def test_inference_mode():
+    cnf = CNF(TimeMLP(2, (8,)), 2)
+    x = torch.randn(3, 2)
+    with torch.no_grad():
+        expected = cnf.inverse(x)[1]
+    with torch.inference_mode():
+        assert torch.allclose(cnf.inverse(x)[1], expected)
+
+
 def test_empty_batch():
     cnf = CNF(TimeMLP(2, (8,)), 2)
     x, ladj = cnf(torch.zeros(0, 2))

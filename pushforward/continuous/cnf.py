@@ -245,6 +245,12 @@ class CNF(Transform):
     def _solve(
         self, value: Tensor, context: Tensor | None, t0: float, t1: float
     ) -> tuple[Tensor, Tensor]:
+        if torch.is_inference_mode_enabled():
+            # the trace needs autograd: leave inference mode with ordinary copies of the inputs
+            with torch.inference_mode(False), torch.no_grad():
+                value = value.clone()
+                context = None if context is None else context.clone()
+                return self._solve(value, context, t0, t1)
         record = _Record()
         self.__dict__["_record"] = record
         batch = value.shape[0]
