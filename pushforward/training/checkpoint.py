@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 from torch import Tensor
@@ -114,6 +114,16 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, Tensor],
     atomic_write(path, _st_save(flat, metadata=metadata))
 
 
+def _header_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` record of a safetensors file's header (8-byte length, then JSON)."""
+    size = int.from_bytes(data[:8], "little")
+    if len(data) < 8 or size > len(data) - 8:
+        raise ValueError("truncated header")
+    header = json.loads(data[8 : 8 + size])
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Read a file written by ``write_tensors`` and verify it.
 
@@ -125,11 +135,10 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    data = path.read_bytes()
+    data = path.read_bytes()  # one read: tensors and metadata come from the same bytes
     try:
         tensors = _st_load(data)
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        metadata = _header_metadata(data)
     except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"{path} is not a valid safetensors file ({reason})") from None
