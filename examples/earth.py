@@ -14,8 +14,9 @@ as mean ± sd over seeds, beside the published figures:
 
 It also writes a lat/lon heat map of the fitted ``mixture+chain`` density (seed 0) with the data.
 
-Run (one CPU thread: about 4 minutes of CPU time, 600 Adam steps of batch 512 per model,
-dataset and seed; ``--quick`` takes seconds)::
+Run (one CPU thread, 600 Adam steps of batch 512 per model, dataset and seed: about 5 minutes of
+CPU time; 31 minutes of wall time on a shared, heavily loaded 2-core machine; ``--quick`` takes
+seconds)::
 
     nice -n 10 python examples/earth.py --out docs
     python examples/earth.py --quick --out /tmp/earth
