@@ -301,12 +301,24 @@ class AnomalyScores:
     def __len__(self) -> int:
         return 2
 
+    _KEYS = {"nll": "nll", "neg_log_prob": "nll", "negative_log_likelihood": "nll",
+             "typicality": "typicality"}
+
+    @property
+    def neg_log_prob(self) -> Tensor:
+        """Alias of ``nll``."""
+        return self.nll
+
     def __getitem__(self, key: int | str) -> Tensor:
         if isinstance(key, str):
-            if key not in ("nll", "typicality"):
+            if key not in self._KEYS:
                 raise KeyError(f"AnomalyScores has 'nll' and 'typicality', not {key!r}")
-            return getattr(self, key)
+            return getattr(self, self._KEYS[key])
         return (self.nll, self.typicality)[key]
+
+    def keys(self) -> tuple[str, str]:
+        """``("nll", "typicality")``."""
+        return ("nll", "typicality")
 
     def __repr__(self) -> str:
         return (f"AnomalyScores(n={self.nll.shape[0]}, reference_entropy="
