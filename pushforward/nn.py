@@ -263,7 +263,7 @@ class MADE(nn.Module):
         out_weight = weights[-1].unflatten(0, (d, p))
         out_bias = layers[-1].bias.unflatten(0, (d, p))
         last = len(layers) - 1
-        order = torch.argsort(self.degrees).tolist()
+        order = self._order()
         values: list[Tensor] = []
         extras: list[Tensor] = []
         previous = -1
@@ -286,9 +286,21 @@ class MADE(nn.Module):
             values.append(value)
             extras.append(extra)
             previous = i
-        inverse = torch.argsort(torch.tensor(order, device=like.device))
-        u = torch.stack(values, dim=1).index_select(1, inverse)
-        return u, torch.stack(extras, dim=1).index_select(1, inverse)
+        # back to feature order by listing the columns in it (no permutation tensor needed)
+        column = [0] * d
+        for k, i in enumerate(order):
+            column[i] = k
+        u = torch.stack([values[k] for k in column], dim=1)
+        return u, torch.stack([extras[k] for k in column], dim=1)
+
+    def _order(self) -> list[int]:
+        """Features in generation order, cached until the ``degrees`` buffer changes."""
+        key = (self.degrees.data_ptr(), self.degrees._version)
+        cached = self.__dict__.get("_order_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, torch.argsort(self.degrees).tolist())
+            self.__dict__["_order_cache"] = cached
+        return cached[1]
 
 
 # -- convolutional conditioners (coupling layers on images) ------------------------------------
