@@ -50,7 +50,10 @@ def register(name: str) -> Callable[[Preset], Preset]:
             return flow
 
         key = name.lower()
-        if key in _REGISTRY:
+        previous = _REGISTRY.get(key)
+        # The same definition imported twice (e.g. by a doctest collector) replaces itself;
+        # a different function under a taken name is an error.
+        if previous is not None and previous.__qualname__ != fn.__qualname__:
             raise ValueError(f"a preset named {name!r} is already registered")
         _REGISTRY[key] = preset
         return preset
