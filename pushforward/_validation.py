@@ -20,6 +20,30 @@ class InputOutsideDomain(ValueError):
     """An input lies outside the domain of a transform or distribution."""
 
 
+class NonFiniteResult(ValueError):
+    """A finite input gave a NaN/inf result (overflow in this dtype, or non-finite parameters)."""
+
+
+def check_result(value: Tensor, owner: str, what: str, allow_neg_inf: bool = False) -> None:
+    """Raise ``NonFiniteResult`` if ``value`` has NaN/inf entries (``-inf`` allowed on request).
+
+    Used on outputs at the outermost call, so a finite input never yields a silent NaN: either
+    the result is finite (or ``-inf`` for a log-density that underflows), or this error names it.
+    """
+    if not value.numel() or math.isfinite(value.sum().item()):
+        return
+    bad = torch.isnan(value) | (value == math.inf)
+    if not allow_neg_inf:
+        bad = bad | (value == -math.inf)
+    count = int(bad.sum())
+    if count:
+        raise NonFiniteResult(
+            f"{owner}: {what} has {count} NaN or infinite value(s) for a finite input (the "
+            f"input is too extreme for {str(value.dtype).replace('torch.', '')}, or the "
+            "parameters are not finite); rescale the input or use float64"
+        )
+
+
 def is_validating() -> bool:
     """Whether input checks are on."""
     return _ENABLED
@@ -70,6 +94,8 @@ def check_tensor(
         raise TypeError(f"{owner}: {what} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{owner}: {what} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{owner}: {what} must be float32 or float64, got dtype {x.dtype}")
     expected = _describe(shape)
     if shape is not None:
         if x.dim() != len(shape) + 1:
@@ -89,6 +115,37 @@ def check_tensor(
     if x.numel() and not math.isfinite(x.sum().item()) and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{owner}: {what} contains {bad} NaN or infinite value(s)")
+
+
+def check_dtype(x: Tensor, module: torch.nn.Module, owner: str, what: str = "input") -> None:
+    """Raise ``TypeError`` if ``x``'s dtype differs from the floating dtype of ``module``'s
+    parameters (a module without floating parameters or buffers accepts any floating dtype)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            if x.dtype != tensor.dtype:
+                name = str(tensor.dtype).replace("torch.", "")
+                raise TypeError(
+                    f"{owner}: {what} has dtype {str(x.dtype).replace('torch.', '')} but the "
+                    f"parameters are {name}; convert one of them (e.g. x.to(torch.{name}) or "
+                    f"module.to({str(x.dtype)}))"
+                )
+            return
+
+
+def check_count(n: object, owner: str) -> int:
+    """A sample count: a non-negative Python or NumPy integer (not a bool, float or string)."""
+    import numbers
+
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        if isinstance(n, Tensor) and n.dim() == 0 and not n.is_floating_point() \
+                and n.dtype != torch.bool:
+            n = int(n)
+        else:
+            raise TypeError(f"{owner}: n must be an integer, got {type(n).__name__} {n!r}")
+    n = int(n)
+    if n < 0:
+        raise ValueError(f"{owner}: n must be >= 0, got {n}")
+    return n
 
 
 def check_context(

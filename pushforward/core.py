@@ -79,19 +79,34 @@ class Transform(nn.Module):
     # -- the contract -------------------------------------------------------------------------
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Generative direction: ``x, ladj = f(z)`` with ``ladj = log|det ∂x/∂z|``."""
-        if _outermost():
+        outermost = _outermost()
+        if outermost:
             self._validate(z, self.latent_shape, context, "z")
             self._check_z(z)
+        if z.shape[0] == 0 and self.event_shape is not None:
+            # An empty batch: nothing to compute (several layers' reshapes cannot infer sizes).
+            return z.new_zeros(0, *self.event_shape), z.new_zeros(0)
         with _Nested():
-            return self._forward(z, context)
+            x, ladj = self._forward(z, context)
+        if outermost:
+            _v.check_result(x, type(self).__name__, "forward output")
+            _v.check_result(ladj, type(self).__name__, "forward ladj")
+        return x, ladj
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Normalizing direction: ``z, ladj = f⁻¹(x)`` with ``ladj = log|det ∂z/∂x|``."""
-        if _outermost():
+        outermost = _outermost()
+        if outermost:
             self._validate(x, self.event_shape, context, "x")
             self._check_x(x)
+        if x.shape[0] == 0 and self.latent_shape is not None:
+            return x.new_zeros(0, *self.latent_shape), x.new_zeros(0)
         with _Nested():
-            return self._inverse(x, context)
+            z, ladj = self._inverse(x, context)
+        if outermost:
+            _v.check_result(z, type(self).__name__, "inverse output")
+            _v.check_result(ladj, type(self).__name__, "inverse ladj")
+        return z, ladj
 
     @property
     def inv(self) -> Transform:
@@ -117,8 +132,10 @@ class Transform(nn.Module):
     ) -> None:
         owner = type(self).__name__
         _v.check_tensor(value, shape, owner, name)
+        _v.check_dtype(value, self, owner, name)
         if self.context_features:
             _v.check_context(context, self.context_features, value.shape[0], owner)
+            _v.check_dtype(context, self, owner, "context")
 
     def extra_repr(self) -> str:
         parts = []
@@ -286,6 +303,8 @@ class Flow(nn.Module):
     def _context(self, context: Tensor | None, batch: int | None) -> Tensor | None:
         if _v.is_validating():
             _v.check_context(context, self.context_features, batch, "Flow")
+            if context is not None:
+                _v.check_dtype(context, self, "Flow", "context")
         if context is not None and self.embedding is not None:
             context = self.embedding(context)
         return context
@@ -308,11 +327,16 @@ class Flow(nn.Module):
         """``log p(x)``, shape ``(batch,)``."""
         if _v.is_validating():
             _v.check_tensor(x, self.event_shape, "Flow.log_prob", "x")
+            _v.check_dtype(x, self, "Flow.log_prob", "x")
             self.transform._check_x(x)
         ctx = self._context(context, x.shape[0])
         with _v.validation(False):
             z, ladj = self.transform.inverse(x, ctx)
-            return self._base_log_prob(z, ctx) + ladj
+            log_px = self._base_log_prob(z, ctx) + ladj
+        if _v.is_validating():
+            # −inf is a density that underflows this dtype; NaN and +inf are refused.
+            _v.check_result(log_px, "Flow.log_prob", "log_prob", allow_neg_inf=True)
+        return log_px
 
     # -- sampling -----------------------------------------------------------------------------
     def rsample_and_log_prob(
@@ -324,13 +348,12 @@ class Flow(nn.Module):
         ``(n, B)``. ``temperature`` scales the base draw (Gaussian bases only); ``log p`` is then
         the density of the tempered base pushed forward.
         """
-        n = int(n)
-        if n < 0:
-            raise ValueError(f"Flow.sample: n must be >= 0, got {n}")
+        n = _v.check_count(n, "Flow.sample")
         batch = None
         if context is not None:
             if _v.is_validating():
                 _v.check_tensor(context, (self.context_features,), "Flow", "context")
+                _v.check_dtype(context, self, "Flow", "context")
             batch = context.shape[0]
             context = context.repeat(n, 1)
         ctx = self._context(context, None)
@@ -339,6 +362,9 @@ class Flow(nn.Module):
             z, log_pz = self._base_draw(total, ctx, temperature)
             x, ladj = self.transform(z, ctx)
         log_px = log_pz - ladj
+        if _v.is_validating():
+            _v.check_result(x, "Flow.sample", "the sample")
+            _v.check_result(log_px, "Flow.sample", "log_prob", allow_neg_inf=True)
         if batch is not None:
             return x.reshape(n, batch, *x.shape[1:]), log_px.reshape(n, batch)
         return x, log_px
@@ -403,6 +429,9 @@ class FlowDistribution(torch.distributions.Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         tail = (*self.batch_shape, *self.event_shape)
+        if not isinstance(value, Tensor):
+            raise TypeError(f"FlowDistribution.log_prob: value must be a torch.Tensor, got "
+                            f"{type(value).__name__}")
         if tuple(value.shape[value.dim() - len(tail):]) != tail:
             raise ValueError(
                 f"FlowDistribution.log_prob: value shape {tuple(value.shape)} must end with "

@@ -65,7 +65,8 @@ class StandardNormal(BaseDistribution):
         self, n: int, context: Tensor | None = None, temperature: float = 1.0
     ) -> Tensor:
         t = _check_temperature(temperature)
-        z = torch.randn(int(n), *self.event_shape, dtype=self._anchor.dtype,
+        z = torch.randn(_v.check_count(n, "StandardNormal.sample"), *self.event_shape,
+                        dtype=self._anchor.dtype,
                         device=self._anchor.device)
         return z if t == 1.0 else z * t
 
@@ -100,7 +101,8 @@ class DiagonalNormal(BaseDistribution):
         self, n: int, context: Tensor | None = None, temperature: float = 1.0
     ) -> Tensor:
         t = _check_temperature(temperature)
-        eps = torch.randn(int(n), *self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
+        eps = torch.randn(_v.check_count(n, "DiagonalNormal.sample"), *self.event_shape,
+                          dtype=self.loc.dtype, device=self.loc.device)
         return self.loc + t * torch.exp(self.log_scale) * eps
 
     def sample_and_log_prob(

@@ -86,8 +86,6 @@ def solve(
     Returns:
         The state at ``t1``, a tuple like ``state``.
     """
-    import torchdiffeq
-
     check_method(method)
     reference = state[0]
     times = torch.tensor([t0, t1], dtype=reference.dtype, device=reference.device)
@@ -100,6 +98,20 @@ def solve(
         )
     if method in ADAPTIVE_METHODS and "norm" not in options:
         options["norm"] = _leading_norm(controlled)
+    try:
+        out = _integrate(dynamics, state, times, rtol, atol, method, options, adjoint,
+                         adjoint_params)
+    except AssertionError as error:
+        # torchdiffeq asserts when the adaptive step underflows (stiff or exploding dynamics,
+        # usually an input or context far outside the training range).
+        raise ValueError(f"ODE solver failed: {error} (input or context too extreme for the "
+                         "dynamics; rescale it or use float64)") from error
+    return tuple(s[-1] for s in out)
+
+
+def _integrate(dynamics, state, times, rtol, atol, method, options, adjoint, adjoint_params):
+    import torchdiffeq
+
     if adjoint:
         params = tuple(p for p in adjoint_params if p.requires_grad)
         # Seminorm (Kidger et al. 2021): the parameter adjoints do not drive step-size control.
@@ -114,4 +126,4 @@ def solve(
         out = torchdiffeq.odeint(
             dynamics, state, times, rtol=rtol, atol=atol, method=method, options=options
         )
-    return tuple(s[-1] for s in out)
+    return out

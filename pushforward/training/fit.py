@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, DistributedSampler, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
+from pushforward._validation import NonFiniteResult, validation
 from pushforward.core import Flow
 from pushforward.training import checkpoint as ckpt
 from pushforward.training import distributed as ddp
@@ -561,7 +562,11 @@ def fit(
                 x, ctx = source.batch(index)
                 x, ctx = _to(x, like), None if ctx is None else _to(ctx, like)
 
-                nll = -model(x, ctx).mean()
+                try:
+                    nll = -model(x, ctx).mean()
+                except NonFiniteResult:
+                    # A NaN log-density (validation on): skipped below like a NaN loss.
+                    nll = torch.full((), math.nan, dtype=x.dtype, device=x.device)
                 loss = nll
                 extra = regularization(flow)
                 if extra is not None:
@@ -694,7 +699,8 @@ def fit_reverse_kl(
     flow.train()
     try:
         for step in range(steps):
-            x, log_q = flow.rsample_and_log_prob(batch_size)
+            with validation(False):  # a non-finite draw is skipped below, not raised
+                x, log_q = flow.rsample_and_log_prob(batch_size)
             log_p = log_density(x)
             if not isinstance(log_p, Tensor) or log_p.shape != log_q.shape:
                 raise ValueError(

@@ -16,7 +16,7 @@ __all__ = ["Affine", "Sigmoid", "Logit"]
 
 def _sum_event(values: Tensor) -> Tensor:
     """Sum every dimension but the batch: ``(batch, ...) -> (batch,)``."""
-    return values.flatten(1).sum(-1)
+    return values.flatten(1).sum(-1) if values.dim() > 1 else values  # (batch,): scalar events
 
 
 class Affine(Transform):

@@ -294,7 +294,7 @@ class Radial(Transform):
         diff = x - z0
         big_r = diff.norm(dim=-1)
         c = alpha + beta - big_r
-        root = torch.sqrt(c * c + 4 * alpha * big_r)
+        root = torch.hypot(c, 2 * torch.sqrt(alpha * big_r))  # √(c² + 4αR), no overflow
         # r = (−c + root)/2, written without cancellation on either sign of c.
         r = torch.where(c > 0, 2 * alpha * big_r / (c + root), (root - c) / 2)
         z = z0 + ((alpha + r) / (alpha + r + beta)).unsqueeze(-1) * diff
