@@ -27,6 +27,9 @@ __all__ = [
 _LOG_2PI = math.log(2 * math.pi)
 
 
+_LOG_SCALE_BOUND = 10.0  # |log σ| of ConditionalDiagonalNormal stays below this
+
+
 def _gaussian_log_prob(z: Tensor, loc: Tensor, log_scale: Tensor, event_dims: int) -> Tensor:
     """``Σ log N(z; loc, exp(log_scale)²)`` over the last ``event_dims`` dimensions."""
     u = (z - loc) * torch.exp(-log_scale)
@@ -118,6 +121,8 @@ class DiagonalNormal(BaseDistribution):
 class ConditionalDiagonalNormal(BaseDistribution):
     """``N(μ(c), diag σ(c)²)`` where a network maps the context ``c`` to ``(μ, log σ)``.
 
+    ``log σ = 10 tanh(h/10)`` for the network output ``h`` (a soft clamp, the identity near 0).
+
     Args:
         shape: number of features or the event shape.
         context_features: width of the context.
@@ -141,6 +146,8 @@ class ConditionalDiagonalNormal(BaseDistribution):
 
     def _params(self, context: Tensor) -> tuple[Tensor, Tensor]:
         loc, log_scale = self.net(context).chunk(2, dim=-1)
+        # Soft clamp (≈ identity for |log σ| ≲ 3): an extreme context cannot overflow exp(log σ).
+        log_scale = _LOG_SCALE_BOUND * torch.tanh(log_scale / _LOG_SCALE_BOUND)
         shape = (context.shape[0], *self.event_shape)
         return loc.reshape(shape), log_scale.reshape(shape)
 
