@@ -298,6 +298,12 @@ class Flow(nn.Module):
         if event is None:
             raise ValueError("Flow: neither the transform nor the base declares an event shape")
         self.event_shape: Shape = tuple(event)
+        latent, base_shape = transform.latent_shape, getattr(base, "event_shape", None)
+        if latent is not None and base_shape is not None and tuple(latent) != tuple(base_shape):
+            raise ValueError(
+                f"Flow: the transform's base-side shape {tuple(latent)} differs from the base "
+                f"distribution's event shape {tuple(base_shape)}"
+            )
 
     # -- helpers ------------------------------------------------------------------------------
     def _context(self, context: Tensor | None, batch: int | None) -> Tensor | None:

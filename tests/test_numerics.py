@@ -145,3 +145,8 @@ def test_default_run_float32_never_nan(seed):
 def test_toy_datasets_float32_never_nan(dataset):
     for seed in range(5):
         _assert_clean(*_default_run(dataset, seed, 500))
+
+
+def test_flow_refuses_a_base_of_another_shape():
+    with pytest.raises(ValueError, match=r"base-side shape \(2,\) differs"):
+        pf.Flow(Affine(2), pf.StandardNormal(3))
