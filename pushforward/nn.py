@@ -62,7 +62,11 @@ class MLP(nn.Sequential):
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(nn.Linear(a, b))
             if i < len(widths) - 2:
-                layers.append(_make_activation(activation))
+                act = _make_activation(activation)
+                if type(act) is nn.ReLU:
+                    # it always follows a Linear whose fresh output nothing else reads
+                    act.inplace = True
+                layers.append(act)
         super().__init__(*layers)
         self.in_features = widths[0]
         self.out_features = widths[-1]
