@@ -40,6 +40,8 @@ def sample_vmf(mean: Tensor, concentration: Tensor) -> Tensor:
     """
     count, n = mean.shape
     kappa = concentration.detach().double()
+    if not bool(torch.isfinite(kappa).all() and (kappa > 0).all()):
+        raise ValueError("sample_vmf: concentrations must be finite and > 0")
     m1 = n - 1.0
     b = m1 / (2 * kappa + torch.sqrt(4 * kappa * kappa + m1 * m1))
     x0 = (1 - b) / (1 + b)
@@ -207,8 +209,8 @@ class VonMisesFisherMixture(BaseDistribution):
             norms = mu.norm(dim=-1)
             if float((norms - 1).abs().max()) > 1e-6:
                 raise ValueError("VonMisesFisherMixture: means must be unit vectors")
-        if not float(concentration) > 0:
-            raise ValueError(f"VonMisesFisherMixture: concentration must be > 0, "
+        if not (math.isfinite(float(concentration)) and float(concentration) > 0):
+            raise ValueError(f"VonMisesFisherMixture: concentration must be finite and > 0, "
                              f"got {concentration}")
         dtype = initial_dtype(means)
         self.raw_means = nn.Parameter(mu.to(dtype))
