@@ -164,7 +164,8 @@ class ConditionalDiagonalNormal(BaseDistribution):
         self, n: int, context: Tensor | None = None, temperature: float = 1.0
     ) -> Tensor:
         if _v.is_validating():
-            _v.check_context(context, self.context_features, int(n), "ConditionalDiagonalNormal")
+            n = _v.check_count(n, "ConditionalDiagonalNormal.sample")
+            _v.check_context(context, self.context_features, n, "ConditionalDiagonalNormal")
         assert context is not None
         t = _check_temperature(temperature)
         loc, log_scale = self._params(context)
