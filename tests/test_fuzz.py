@@ -582,3 +582,33 @@ def test_cli_subprocess_refuses_bad_data_with_one_line(data_files, tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("pushforward: error:"), proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+@settings(max_examples=30, **_FAST)
+@given(kind=st.sampled_from(["ok", "nan", "inf", "shape", "list", "scalar", "raise", "int"]),
+       steps=st.sampled_from([1, 2, 0, -1]), batch_size=st.sampled_from([1, 8, 0]))
+def test_fuzz_fit_reverse_kl(kind, steps, batch_size):
+    def log_density(x):
+        value = -0.5 * (x**2).sum(-1)
+        if kind == "nan":
+            return value * math.nan
+        if kind == "inf":
+            return value + math.inf
+        if kind == "shape":
+            return value[:, None]
+        if kind == "list":
+            return value.tolist()
+        if kind == "scalar":
+            return value.sum()
+        if kind == "raise":
+            raise ValueError("log_density: refused")
+        if kind == "int":
+            return value.long()
+        return value
+
+    torch.manual_seed(0)
+    flow = pf.Flow(pf.transforms.Affine(2), pf.StandardNormal(2))
+    history = attempt("fit", lambda: pf.fit_reverse_kl(flow, log_density, steps=steps,
+                                                      batch_size=batch_size, progress=False))
+    if history is not None:
+        assert all(torch.isfinite(p).all() for p in flow.parameters())
