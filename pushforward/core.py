@@ -247,10 +247,10 @@ class BaseDistribution(nn.Module):
         raise NotImplementedError
 
     def sample_and_log_prob(
-        self, n: int, context: Tensor | None = None
+        self, n: int, context: Tensor | None = None, **options: float
     ) -> tuple[Tensor, Tensor]:
-        """``z ~ p_0`` and ``log p_0(z)``."""
-        z = self.sample(n, context)
+        """``z ~ p_0`` and ``log p_0(z)``; ``options`` (e.g. ``temperature``) go to ``sample``."""
+        z = self.sample(n, context, **options)
         return z, self.log_prob(z, context)
 
 

@@ -73,12 +73,6 @@ class StandardNormal(BaseDistribution):
                         device=self._anchor.device)
         return z if t == 1.0 else z * t
 
-    def sample_and_log_prob(
-        self, n: int, context: Tensor | None = None, temperature: float = 1.0
-    ) -> tuple[Tensor, Tensor]:
-        z = self.sample(n, context, temperature)
-        return z, self.log_prob(z)
-
     def extra_repr(self) -> str:
         return f"event_shape={self.event_shape}"
 
@@ -107,12 +101,6 @@ class DiagonalNormal(BaseDistribution):
         eps = torch.randn(_v.check_count(n, "DiagonalNormal.sample"), *self.event_shape,
                           dtype=self.loc.dtype, device=self.loc.device)
         return self.loc + t * torch.exp(self.log_scale) * eps
-
-    def sample_and_log_prob(
-        self, n: int, context: Tensor | None = None, temperature: float = 1.0
-    ) -> tuple[Tensor, Tensor]:
-        z = self.sample(n, context, temperature)
-        return z, self.log_prob(z)
 
     def extra_repr(self) -> str:
         return f"event_shape={self.event_shape}"
@@ -171,8 +159,3 @@ class ConditionalDiagonalNormal(BaseDistribution):
         loc, log_scale = self._params(context)
         return loc + t * torch.exp(log_scale) * torch.randn_like(loc)
 
-    def sample_and_log_prob(
-        self, n: int, context: Tensor | None = None, temperature: float = 1.0
-    ) -> tuple[Tensor, Tensor]:
-        z = self.sample(n, context, temperature)
-        return z, self.log_prob(z, context)
