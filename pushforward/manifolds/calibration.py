@@ -23,9 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pushforward.core import Transform
+from pushforward.manifolds._flow import ManifoldFlow
 from pushforward.manifolds._params import (
-    ContextOffsets,
     InvertibleMatrix,
     as_tensor,
     initial_dtype,
@@ -41,31 +40,13 @@ def _log_ratio(log_q: Tensor, log_p: Tensor) -> Tensor:
     return log_q.sum(-1) - log_p.sum(-1)
 
 
-class _SimplexFlow(Transform):
+class _SimplexFlow(ManifoldFlow):
     def __init__(self, n: int, context_features: int, hidden: Sequence[int], size: int) -> None:
-        self.simplex = Simplex(n)
-        super().__init__((self.simplex.n,), context_features=context_features)
-        self.n = self.simplex.n
-        self.context_net = (
-            ContextOffsets(self.context_features, size, hidden) if self.context_features else None
-        )
+        super().__init__(Simplex(n), context_features, hidden, size)
 
-    def _offsets(self, context: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-        if self.context_net is None:
-            return None
-        if context is None:
-            raise ValueError(f"{type(self).__name__}: is conditional and needs a context")
-        return self.context_net(context, dtype)
-
-    def _check_x(self, x: Tensor) -> None:
-        self.simplex.validate(x, owner=type(self).__name__)
-
-    def _check_z(self, z: Tensor) -> None:
-        self.simplex.validate(z, owner=type(self).__name__)
-
-    def extra_repr(self) -> str:
-        extra = f", context_features={self.context_features}" if self.context_features else ""
-        return f"n={self.n}{extra}"
+    @property
+    def simplex(self) -> Simplex:
+        return self.manifold
 
 
 class Calibration(_SimplexFlow):

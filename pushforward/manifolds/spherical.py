@@ -21,9 +21,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pushforward.core import Transform
+from pushforward.manifolds._flow import ManifoldFlow
 from pushforward.manifolds._params import (
-    ContextOffsets,
     InvertibleMatrix,
     as_tensor,
     ball,
@@ -84,33 +83,13 @@ def _normalized_affine_inverse(x: Tensor, m: Tensor | None, logdet: Tensor | Non
     return z, ladj
 
 
-class _SphericalFlow(Transform):
-    """Shared plumbing: shape ``(n,)``, sphere validation, optional context network."""
-
+class _SphericalFlow(ManifoldFlow):
     def __init__(self, n: int, context_features: int, hidden: Sequence[int], size: int) -> None:
-        self.sphere = Sphere(n)
-        super().__init__((self.sphere.n,), context_features=context_features)
-        self.n = self.sphere.n
-        self.context_net = (
-            ContextOffsets(self.context_features, size, hidden) if self.context_features else None
-        )
+        super().__init__(Sphere(n), context_features, hidden, size)
 
-    def _offsets(self, context: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-        if self.context_net is None:
-            return None
-        if context is None:
-            raise ValueError(f"{type(self).__name__}: is conditional and needs a context")
-        return self.context_net(context, dtype)
-
-    def _check_x(self, x: Tensor) -> None:
-        self.sphere.validate(x, owner=type(self).__name__)
-
-    def _check_z(self, z: Tensor) -> None:
-        self.sphere.validate(z, owner=type(self).__name__)
-
-    def extra_repr(self) -> str:
-        extra = f", context_features={self.context_features}" if self.context_features else ""
-        return f"n={self.n}{extra}"
+    @property
+    def sphere(self) -> Sphere:
+        return self.manifold
 
 
 class NormalizedTranslation(_SphericalFlow):
