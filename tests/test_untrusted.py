@@ -92,7 +92,8 @@ def _forge(folder, edit):
     (lambda c, t: c["options"].update(__class__="x"), "cannot rebuild"),
     (lambda c, t: c.update(dtype="complex64"), "dtype"),
     (lambda c, t: c.update(options=[1, 2]), "options"),
-    (lambda c, t: t.update({k: v * math_nan() for k, v in list(t.items())[:1]}), "NaN|nan"),
+    (lambda c, t: t.update({k: t[k] * math_nan()
+                            for k in [k for k in t if t[k].is_floating_point()][:1]}), "NaN|nan"),
     (lambda c, t: t.update({next(iter(t)): torch.zeros(7, 7)}), "shape"),
     (lambda c, t: t.pop(next(iter(t))), "missing"),
 ])
