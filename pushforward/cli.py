@@ -508,6 +508,17 @@ def _run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_and_data(checkpoint: str, dataset: str | None) -> tuple[Any, dict, Any]:
+    """A trained flow, its config, and its dataset (or ``dataset``), checked to match in shape."""
+    flow, config = _load(checkpoint)
+    bundle = _bundle_from_config(config, dataset)
+    if tuple(bundle.event_shape) != tuple(flow.event_shape):
+        raise CommandError(f"dataset {bundle.name} has samples of shape "
+                           f"{tuple(bundle.event_shape)}, the flow models "
+                           f"{tuple(flow.event_shape)}")
+    return flow, config, bundle
+
+
 @command("eval", help="print the test NLL of a trained flow")
 def _eval_parser(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("--checkpoint", required=True, help="a folder written by train")
@@ -521,12 +532,7 @@ def _eval_parser(p: argparse.ArgumentParser) -> Runner:
 def _run_eval(args: argparse.Namespace) -> int:
     from pushforward.data import bits_per_dim
 
-    flow, config = _load(args.checkpoint)
-    bundle = _bundle_from_config(config, args.dataset)
-    if tuple(bundle.event_shape) != tuple(flow.event_shape):
-        raise CommandError(f"dataset {bundle.name} has samples of shape "
-                           f"{tuple(bundle.event_shape)}, the flow models "
-                           f"{tuple(flow.event_shape)}")
+    flow, config, bundle = _checkpoint_and_data(args.checkpoint, args.dataset)
     if args.split == "all":
         parts = [bundle.train, bundle.val, bundle.test]
         data = torch.cat(parts) if isinstance(parts[0], torch.Tensor) else None
@@ -557,12 +563,7 @@ def _check_parser(p: argparse.ArgumentParser) -> Runner:
 def _run_check(args: argparse.Namespace) -> int:
     from pushforward.diagnostics import invertibility_report
 
-    flow, config = _load(args.checkpoint)
-    bundle = _bundle_from_config(config, args.dataset)
-    if tuple(bundle.event_shape) != tuple(flow.event_shape):
-        raise CommandError(f"dataset {bundle.name} has samples of shape "
-                           f"{tuple(bundle.event_shape)}, the flow models "
-                           f"{tuple(flow.event_shape)}")
+    flow, config, bundle = _checkpoint_and_data(args.checkpoint, args.dataset)
     x = _data_points(bundle, getattr(bundle, args.split), args.n)
     # On the sphere the ambient Jacobian is singular across the surface: no conditioning there.
     report = invertibility_report(flow, x, seed=args.seed,
