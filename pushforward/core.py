@@ -166,11 +166,13 @@ class Inverse(Transform):
     def inv(self) -> Transform:
         return self.transform
 
+    # The public methods (nested, so they do not validate again): a subclass that overrides
+    # ``forward``/``inverse`` instead of ``_forward``/``_inverse`` still inverts correctly.
     def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self.transform._inverse(z, context)
+        return self.transform.inverse(z, context)
 
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self.transform._forward(x, context)
+        return self.transform(x, context)
 
     def _check_x(self, x: Tensor) -> None:
         self.transform._check_z(x)

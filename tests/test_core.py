@@ -187,3 +187,23 @@ def test_sigmoid_refuses_points_outside_its_box():
     with pytest.raises(pf.InputOutsideDomain, match="outside"):
         Sigmoid().inverse(torch.tensor([[0.5, 1.5]]))
     assert math.isfinite(float(Sigmoid().inverse(torch.tensor([[0.0, 1.0]]))[1][0]))
+
+
+def test_a_transform_overriding_the_public_methods_inverts_through_inv():
+    class Scale(pf.Transform):
+        def __init__(self):
+            super().__init__(2)
+            self.s = torch.nn.Parameter(torch.tensor([2.0, 3.0]))
+
+        def forward(self, z, context=None):
+            return z * self.s, self.s.log().sum().expand(z.shape[0])
+
+        def inverse(self, x, context=None):
+            return x / self.s, -self.s.log().sum().expand(x.shape[0])
+
+    t = Scale()
+    x = torch.randn(4, 2)
+    pf.diagnostics.check_transform(t.inv, x)
+    z, ladj = t.inv(x)
+    torch.testing.assert_close(z, x / t.s.detach())
+    torch.testing.assert_close(ladj, torch.full((4,), -math.log(6.0)))
