@@ -9,16 +9,6 @@ import pushforward as pf
 from pushforward.nn import MADE, MaskedLinear
 from pushforward.transforms import InverseAutoregressive, MaskedAutoregressive
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices: one thread is fastest, and on a loaded machine far faster than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- MADE ---------------------------------------------------------------------------------------
 
 

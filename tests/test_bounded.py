@@ -11,15 +11,6 @@ from pushforward.training.checkpoint import load
 from pushforward.transforms import Chain, bounded, box_bounds
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: OpenMP spinning on a shared machine slows small ops badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _flow():
     torch.manual_seed(0)
     flow = pf.flows.MAF(2, transforms=2, hidden=[16, 16]).double()

@@ -8,16 +8,6 @@ import torch
 import pushforward as pf
 from pushforward.transforms import BatchNorm, NeuralAutoregressive, ResidualBlock, Sylvester
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small sequential solves: one thread avoids OpenMP spinning on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 PRESETS = [
     ("sylvester", {"transforms": 3}),
     ("sylvester", {"transforms": 2, "variant": "householder", "columns": 2}),

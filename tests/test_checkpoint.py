@@ -15,15 +15,6 @@ from pushforward.training import checkpoint as ckpt
 from pushforward.training import load, load_checkpoint, save
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models run fastest on one thread (and do not oversubscribe a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _flow(**options):
     torch.manual_seed(0)
     flow = pf.flows.build("maf", features=2, transforms=2, hidden=[16, 16], **options)

@@ -22,14 +22,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 SMALL = ["--option", "transforms=2", "--option", "hidden=[32,32]"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -17,15 +17,6 @@ TIGHT = {"rtol": 1e-10, "atol": 1e-10}
 SE = 4.0  # statistical tests: |mean - exact| < 4 standard errors (two-sided p ≈ 6e-5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # CNF solves are hundreds of tiny ops: a second thread only adds synchronisation cost
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class LinearField(nn.Module):
     """``f(t, z) = A z`` (optionally ``+ B c`` with a context)."""
 

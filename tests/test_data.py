@@ -20,15 +20,6 @@ from pushforward.data.preprocess import (
 from pushforward.transforms import Affine
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models run fastest on one thread (and do not oversubscribe a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", D.toy_names())
 def test_toy_generators_seeded(name):
     a = D.toy(name, 500, seed=3)

@@ -8,15 +8,6 @@ import torch
 import pushforward as pf
 from pushforward.data.dequantization import VariationalDequantization, dequantized_log_prob
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: OpenMP spinning on a shared machine slows small ops badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 LEVELS = 4
 
 

@@ -23,15 +23,6 @@ from pushforward.training import fit
 from pushforward.transforms import Affine, LULinear, Sigmoid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, loaded CPU two threads can be many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # -- invertibility ----------------------------------------------------------------------------
 def _cancelling_chain(d: int, big: float = 1e5) -> pf.Flow:
     """``x = big·(z/big + 1) − big``: the identity on paper, cancellation in float32."""

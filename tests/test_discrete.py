@@ -18,16 +18,6 @@ from pushforward.transforms import (
     coupling_mask,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids oversubscribing a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 VECTOR_PRESETS = [
     ("planar", {"transforms": 3}),
     ("radial", {"transforms": 3}),

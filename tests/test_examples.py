@@ -20,14 +20,6 @@ def _example(name: str):
     return module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_images_quick(tmp_path):
     results = _example("images").main(["--quick", "--out", str(tmp_path)])
     assert [r["flow"] for r in results] == ["glow", "realnvp"]

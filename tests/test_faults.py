@@ -70,14 +70,6 @@ def _flow(seed=0):
     return pf.flows.build("maf", features=2, transforms=2, hidden=[16])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def reference():
     torch.set_num_threads(1)

@@ -33,15 +33,6 @@ D = torch.float64
 NS = [2, 3, 4, 5, 6]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny 3×3 algebra: one thread avoids inter-thread overhead on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sphere_points(n, batch, seed=0):
     g = torch.Generator().manual_seed(seed)
     return Sphere(n).project(torch.randn(batch, n, generator=g, dtype=D))

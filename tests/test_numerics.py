@@ -19,14 +19,6 @@ from pushforward._validation import NonFiniteResult
 from pushforward.transforms import Affine
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_extreme_but_finite_inputs_follow_the_policy():
     torch.manual_seed(0)
     flow = pf.flows.build("maf", features=2, transforms=2, hidden=[8])

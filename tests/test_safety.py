@@ -10,15 +10,6 @@ from pushforward.transforms.maps import AffineMap
 from pushforward.transforms.splines import RationalQuadraticMap
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: OpenMP spinning on a shared machine slows small ops badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_affine_log_scale_is_soft_clamped_so_nothing_overflows():
     amap = AffineMap()  # default bound 3
     assert amap.bound == 3.0

@@ -14,15 +14,6 @@ from pushforward.training import History, TrainingDiverged, fit, fit_reverse_kl
 from pushforward.transforms import ActNorm, Affine, LULinear
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models train fastest on one thread (and do not oversubscribe a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gaussian_data(n=2048, d=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     mix = torch.randn(d, d, generator=g) / d**0.5 + torch.eye(d)
