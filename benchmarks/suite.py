@@ -100,12 +100,6 @@ def compiled(model: tp.Model, x: Tensor) -> dict[str, object]:
 # -- speed ----------------------------------------------------------------------------------------
 
 
-def _calibrate(fn: object, min_time: float) -> tuple[int, float]:
-    """``throughput.calibrate`` as ``(iterations, seconds per call)``."""
-    got = tp.calibrate(fn, min_time)
-    return got if isinstance(got, tuple) else (got, min_time / got)
-
-
 def speed_case(flow: str, d: int, impls: list[str], cfg: argparse.Namespace) -> list[dict]:
     torch.manual_seed(0)
     x = torch.randn(cfg.batch, d)
@@ -129,20 +123,7 @@ def speed_case(flow: str, d: int, impls: list[str], cfg: argparse.Namespace) -> 
     records = []
     for op in tp.OPS:
         names = [n for n in fns if op in fns[n]]
-        calls = [fns[n][op] for n in names]
-        calibrated = [_calibrate(fn, cfg.min_time) for fn in calls]
-        iterations = [n for n, _ in calibrated]
-        # very slow operations (sequential sampling of peers at d = 64 takes seconds) get at
-        # most 3 repeats so that the whole run stays within minutes
-        slow = max(once for _, once in calibrated) > cfg.slow
-        repeats = min(cfg.repeats, 3) if slow else cfg.repeats
-        times: list[list[float]] = [[] for _ in names]
-        for r in range(repeats):
-            order = list(range(len(names)))
-            if r % 2:
-                order.reverse()
-            for i in order:
-                times[i].append(tp.measure(calls[i], iterations[i], cfg.clock))
+        times, iterations = tp.time_alternating([fns[n][op] for n in names], cfg)
         for name, t, n in zip(names, times, iterations):
             med = statistics.median(t)
             records.append({

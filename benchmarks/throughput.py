@@ -213,6 +213,28 @@ def calibrate(fn: Callable[[], object], min_time: float) -> tuple[int, float]:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+def time_alternating(
+    fns: list[Callable[[], object]], cfg: argparse.Namespace
+) -> tuple[list[list[float]], list[int]]:
+    """Time each call ``cfg.repeats`` times, alternating between them within every repeat (the
+    order reversed on odd repeats, so none always runs right after another). Returns the
+    per-repeat seconds and the iterations per measurement of each call."""
+    calibrated = [calibrate(fn, cfg.min_time) for fn in fns]
+    iterations = [n for n, _ in calibrated]
+    # very slow operations (sequential sampling of peers at d = 64 takes seconds) get at most
+    # 3 repeats so that the whole run stays within minutes
+    slow = max(once for _, once in calibrated) > cfg.slow
+    repeats = min(cfg.repeats, 3) if slow else cfg.repeats
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(repeats):
+        order = list(range(len(fns)))
+        if r % 2:
+            order.reverse()
+        for i in order:
+            times[i].append(measure(fns[i], iterations[i], cfg.clock))
+    return times, iterations
+
+
 def measure(fn: Callable[[], object], iterations: int, clock: str = "wall") -> float:
     now = CLOCKS[clock]
     start = now()
@@ -233,20 +255,7 @@ def bench_case(flow: str, d: int, peers: list[str], cfg: argparse.Namespace) -> 
     records = []
     for op in OPS:
         fns = [operations(m, x)[op] for m in models]
-        calibrated = [calibrate(fn, cfg.min_time) for fn in fns]
-        iterations = [n for n, _ in calibrated]
-        # very slow operations (sequential sampling of peers at d = 64 takes seconds) get
-        # fewer repeats so that the whole run stays within minutes
-        slow = max(once for _, once in calibrated) > cfg.slow
-        repeats = min(cfg.repeats, 3) if slow else cfg.repeats
-        times: list[list[float]] = [[] for _ in models]
-        for r in range(repeats):
-            # alternate the order too, so no implementation always runs right after another
-            index = list(range(len(models)))
-            if r % 2:
-                index.reverse()
-            for i in index:
-                times[i].append(measure(fns[i], iterations[i], cfg.clock))
+        times, iterations = time_alternating(fns, cfg)
         for m, t, n in zip(models, times, iterations):
             records.append({
                 "flow": flow, "d": d, "impl": m.impl, "op": op, "params": m.params,
