@@ -225,10 +225,12 @@ def test_masks():
 
 
 def test_coupling_starts_at_identity_and_keeps_the_masked_part():
-    layer = AffineCoupling(coupling_mask(4, "half"))
+    layer = AffineCoupling(coupling_mask(4, "half"), identity_init=True)
     z = torch.randn(6, 4)
     x, ladj = layer(z)
     assert torch.equal(x, z) and torch.equal(ladj, torch.zeros(6))
+    x, _ = AffineCoupling(coupling_mask(4, "half"))(z)  # vectors start at random by default
+    assert torch.equal(x[:, :2], z[:, :2]) and not torch.allclose(x[:, 2:], z[:, 2:])
     _perturb(layer, 0.5)
     x, _ = layer(z)
     assert torch.equal(x[:, :2], z[:, :2]) and not torch.allclose(x[:, 2:], z[:, 2:])

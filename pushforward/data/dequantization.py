@@ -80,7 +80,9 @@ class VariationalDequantization(nn.Module):
             raise ValueError(f"VariationalDequantization: levels must be >= 2, got {levels}")
         dims = math.prod(self.shape)
         if flow is None:
-            flow = flows.RealNVP(dims, context=dims, transforms=transforms, hidden=list(hidden))
+            # starts as uniform dequantisation (every coupling the identity)
+            flow = flows.RealNVP(dims, context=dims, transforms=transforms, hidden=list(hidden),
+                                 identity_init=True)
         if flow.context_features != dims or tuple(flow.event_shape) != (dims,):
             raise ValueError(f"VariationalDequantization: the flow must act on {dims} features "
                              f"with a context of {dims}")

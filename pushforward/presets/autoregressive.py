@@ -69,6 +69,7 @@ def MAF(
     activation: str = "relu",
     permutation: str = "reverse",
     seed: int = 0,
+    identity_init: bool = False,
 ) -> Flow:
     """Masked autoregressive flow: ``transforms`` affine MAF layers on ``N(0, I)``.
 
@@ -84,6 +85,8 @@ def MAF(
         activation: MADE activation.
         permutation: ``"reverse"``, ``"random"`` or ``"none"`` between layers.
         seed: seed of the random orderings.
+        identity_init: start every layer at the identity (zero last conditioner layer) instead
+            of at random.
 
     References:
         Masked Autoregressive Flow for Density Estimation. Papamakarios, Pavlakou, Murray, 2017.
@@ -98,7 +101,7 @@ def MAF(
     _check("MAF", features, context, transforms, permutation)
     layers = _autoregressive(
         MaskedAutoregressive, features, context, transforms, permutation, seed,
-        hidden=hidden, residual=residual, activation=activation,
+        hidden=hidden, residual=residual, activation=activation, identity_init=identity_init,
     )
     return Flow(layers, StandardNormal(features))
 
@@ -114,6 +117,7 @@ def IAF(
     activation: str = "relu",
     permutation: str = "reverse",
     seed: int = 0,
+    identity_init: bool = False,
 ) -> Flow:
     """Inverse autoregressive flow: ``transforms`` affine IAF layers on ``N(0, I)``.
 
@@ -130,6 +134,8 @@ def IAF(
         activation: MADE activation.
         permutation: ``"reverse"``, ``"random"`` or ``"none"`` between layers.
         seed: seed of the random orderings.
+        identity_init: start every layer at the identity (zero last conditioner layer) instead
+            of at random.
 
     References:
         Improving Variational Inference with Inverse Autoregressive Flow. Kingma, Salimans,
@@ -143,7 +149,7 @@ def IAF(
     _check("IAF", features, context, transforms, permutation)
     layers = _autoregressive(
         InverseAutoregressive, features, context, transforms, permutation, seed,
-        hidden=hidden, residual=residual, activation=activation,
+        hidden=hidden, residual=residual, activation=activation, identity_init=identity_init,
     )
     return Flow(layers, StandardNormal(features))
 
@@ -162,6 +168,7 @@ def NSF(
     activation: str = "relu",
     permutation: str = "reverse",
     seed: int = 0,
+    identity_init: bool = False,
 ) -> Flow:
     """Neural spline flow: rational-quadratic spline layers with linear tails on ``N(0, I)``.
 
@@ -182,6 +189,8 @@ def NSF(
         activation: conditioner activation.
         permutation: ``"reverse"``, ``"random"`` or ``"none"`` between layers.
         seed: seed of the random permutations.
+        identity_init: start every layer at the identity (zero last conditioner layer) instead
+            of at random.
 
     References:
         Neural Spline Flows. Durkan, Bekasov, Murray, Papamakarios, 2019. arXiv:1906.04032.
@@ -197,21 +206,21 @@ def NSF(
         layers = _autoregressive(
             MaskedAutoregressive, features, context, transforms, permutation, seed,
             transformer="spline", hidden=hidden, residual=residual, activation=activation,
-            bins=bins, bound=bound,
+            bins=bins, bound=bound, identity_init=identity_init,
         )
         return Flow(layers, StandardNormal(features))
     if residual:
         raise ValueError("NSF: residual=True applies to autoregressive layers only")
     return Flow(
         _coupling_layers(features, context, transforms, hidden, bins, bound, activation,
-                         permutation, seed),
+                         permutation, seed, identity_init),
         StandardNormal(features),
     )
 
 
 def _coupling_layers(
     features: int, context: int, transforms: int, hidden: Sequence[int], bins: int,
-    bound: float, activation: str, permutation: str, seed: int,
+    bound: float, activation: str, permutation: str, seed: int, identity_init: bool,
 ) -> list[Transform]:
     from pushforward.transforms.coupling import Coupling, coupling_mask
 
@@ -230,6 +239,6 @@ def _coupling_layers(
             mask = coupling_mask(features, "half", flip=i % 2 == 1)
         layers.append(
             Coupling(mask, "spline", context, hidden=hidden, activation=activation, bins=bins,
-                     bound=bound)
+                     bound=bound, identity_init=identity_init)
         )
     return layers

@@ -164,6 +164,7 @@ def NICE(
     hidden: int | Sequence[int] = (64, 64),
     mask: str = "alternating",
     activation: str = "relu",
+    identity_init: bool = False,
 ) -> Flow:
     """NICE: additive couplings with alternating masks, then a diagonal scaling (Dinh et al.).
 
@@ -179,6 +180,7 @@ def NICE(
         hidden: hidden widths of the MLP conditioners.
         mask: ``"alternating"`` (even/odd features) or ``"half"`` (first/second half).
         activation: activation of the conditioners.
+        identity_init: start every coupling at the identity (zero last conditioner layer).
 
     References:
         NICE: Non-linear Independent Components Estimation, Dinh, Krueger & Bengio, 2014,
@@ -197,7 +199,8 @@ def NICE(
     k = _count("NICE", "transforms", transforms)
     couplings = [
         AdditiveCoupling(coupling_mask(d, mask, flip=i % 2 == 1), context,
-                         hidden=_widths(hidden, (64, 64)), activation=activation)
+                         hidden=_widths(hidden, (64, 64)), activation=activation,
+                         identity_init=identity_init)
         for i in range(k)
     ]
     return _vector_flow([Affine(d), *reversed(couplings)], d, shape)
@@ -232,6 +235,7 @@ def RealNVP(
     blocks: int = 2,
     bound: float = 3.0,
     activation: str = "relu",
+    identity_init: bool | None = None,
 ) -> Flow:
     """RealNVP: affine couplings with alternating masks; multi-scale on images (Dinh et al.).
 
@@ -257,6 +261,8 @@ def RealNVP(
         blocks: residual blocks per conv conditioner (images).
         bound: the clamp of the affine log-scale.
         activation: activation of the conditioners.
+        identity_init: start every coupling at the identity (zero last conditioner layer);
+            None: images do (conv conditioners, as in Glow), vectors start at random.
 
     References:
         Density estimation using Real NVP, Dinh, Sohl-Dickstein & Bengio, 2016,
@@ -274,7 +280,8 @@ def RealNVP(
         k = _count("RealNVP", "transforms", 6 if transforms is None else transforms)
         couplings = [
             AffineCoupling(coupling_mask(d, "alternating", flip=i % 2 == 1), context,
-                           hidden=_widths(hidden, (64, 64)), activation=activation, bound=bound)
+                           hidden=_widths(hidden, (64, 64)), activation=activation, bound=bound,
+                           identity_init=identity_init)
             for i in range(k)
         ]
         return Flow(_normalizing(couplings), StandardNormal(d))
@@ -285,7 +292,8 @@ def RealNVP(
     k = _count("RealNVP", "transforms", 3 if transforms is None else transforms)
     n_levels = _realnvp_levels((c, h, w), _count("RealNVP", "levels", levels))
     width = _channels(hidden, 64)
-    options = dict(hidden=width, blocks=blocks, activation=activation, bound=bound)
+    options = dict(hidden=width, blocks=blocks, activation=activation, bound=bound,
+                   identity_init=identity_init)
     current = (c, h, w)
     stages: list[Transform] = []
     for level in range(n_levels):
@@ -332,6 +340,7 @@ def Glow(
     blocks: int = 1,
     bound: float = 3.0,
     activation: str = "relu",
+    identity_init: bool | None = None,
 ) -> Flow:
     """Glow: steps of ActNorm → invertible 1×1 conv → affine coupling (Kingma & Dhariwal, 2018).
 
@@ -356,6 +365,8 @@ def Glow(
         blocks: residual blocks per conv conditioner (images).
         bound: the clamp of the affine log-scale.
         activation: activation of the conditioners.
+        identity_init: start every coupling at the identity (zero last conditioner layer);
+            None: images do (conv conditioners, as in Glow), vectors start at random.
 
     References:
         Glow: Generative Flow with Invertible 1x1 Convolutions, Kingma & Dhariwal, 2018,
@@ -371,7 +382,8 @@ def Glow(
         if d < 2:
             raise ValueError("Glow: coupling layers need features >= 2")
         k = _count("Glow", "transforms", 6 if transforms is None else transforms)
-        options = dict(hidden=_widths(hidden, (64, 64)), activation=activation, bound=bound)
+        options = dict(hidden=_widths(hidden, (64, 64)), activation=activation, bound=bound,
+                       identity_init=identity_init)
         steps = [_glow_step(d, context, i % 2 == 1, options) for i in range(k)]
         return Flow(_normalizing(steps), StandardNormal(d))
 
@@ -388,7 +400,7 @@ def Glow(
         raise ValueError(f"Glow: the image {tuple(shape)} has an odd height or width; it cannot "
                          "be squeezed")
     options = dict(hidden=_channels(hidden, 64), blocks=blocks, activation=activation,
-                   bound=bound)
+                   bound=bound, identity_init=identity_init)
     current = (c, h, w)
     stages: list[Transform] = []
     for _ in range(n_levels):

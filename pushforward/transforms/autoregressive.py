@@ -39,6 +39,7 @@ class _Autoregressive(Transform):
         seed: int = 0,
         residual: bool = False,
         activation: str | Callable[[], nn.Module] = "relu",
+        identity_init: bool = False,
         **map_options: object,
     ) -> None:
         if isinstance(features, bool) or int(features) != features or int(features) < 1:
@@ -61,10 +62,11 @@ class _Autoregressive(Transform):
             residual,
             activation,
         )
-        # Start at the identity: all-zero parameters are the identity for every built-in map.
-        last = self.made.layers[-1]
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        if identity_init:
+            # all-zero parameters are the identity for every built-in map
+            last = self.made.layers[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, map={self.map!r}"
@@ -89,6 +91,9 @@ class MaskedAutoregressive(_Autoregressive):
         seed: seed of the random ordering.
         residual: masked residual blocks in the MADE.
         activation: MADE activation.
+        identity_init: zero the MADE's last layer so the layer starts as the identity. Off by
+            default: with a zero last layer no gradient reaches the hidden layers at first, and
+            the default (random) start reaches a lower NLL at the same step budget.
         **map_options: options of a map given by name (``bins=``, ``bound=`` for splines).
 
     References:
@@ -136,6 +141,9 @@ class InverseAutoregressive(_Autoregressive):
         seed: seed of the random ordering.
         residual: masked residual blocks in the MADE.
         activation: MADE activation.
+        identity_init: zero the MADE's last layer so the layer starts as the identity. Off by
+            default: with a zero last layer no gradient reaches the hidden layers at first, and
+            the default (random) start reaches a lower NLL at the same step budget.
         **map_options: options of a map given by name (``bins=``, ``bound=`` for splines).
 
     References:

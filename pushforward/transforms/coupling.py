@@ -73,8 +73,10 @@ class Coupling(Transform):
       constant channels (``C + context`` channels) to ``C · params`` channels, read as
       ``(C, params, H, W)``; the values at ``B`` are used.
 
-    The last layer of a built conditioner is zero-initialised, so a fresh layer is the identity
-    for the affine and additive maps (and for any map whose zero parameters mean identity).
+    With ``identity_init`` the last layer of a built conditioner is zero-initialised, so a fresh
+    layer is the identity for the affine and additive maps (and for any map whose zero
+    parameters mean identity). By default conv conditioners (images) start so, as in Glow, and
+    MLP conditioners (vectors) start at random, which reaches a lower NLL at a fixed budget.
 
     Args:
         mask: boolean tensor of the event shape (``True``: passes through), e.g. from
@@ -87,6 +89,7 @@ class Coupling(Transform):
             its first entry).
         activation: activation of the built conditioner.
         blocks: residual blocks of the built conv conditioner (images only).
+        identity_init: zero the built conditioner's last layer (None: for images only).
         **map_options: options of the named map (e.g. ``bound=`` for affine).
 
     References:
@@ -111,6 +114,7 @@ class Coupling(Transform):
         hidden: int | Sequence[int] = (64, 64),
         activation: str | Callable[[], nn.Module] = "relu",
         blocks: int = 1,
+        identity_init: bool | None = None,
         **map_options: object,
     ) -> None:
         mask = torch.as_tensor(mask)
@@ -140,11 +144,12 @@ class Coupling(Transform):
                 width = hidden if isinstance(hidden, int) else int(list(hidden)[0])
                 conditioner = ConvNet(
                     mask.shape[0] + c, mask.shape[0] * n_params, hidden=width, blocks=blocks,
-                    activation=activation, zero_last=True,
+                    activation=activation, zero_last=identity_init is not False,
                 )
             else:
                 widths = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
-                conditioner = MLP(n_id + c, n_tr * n_params, widths, activation, zero_last=True)
+                conditioner = MLP(n_id + c, n_tr * n_params, widths, activation,
+                                  zero_last=bool(identity_init))
         self.conditioner = conditioner
         self._n_params = n_params
         # Regular index sets (halves, alternating features) are read as strided views.
