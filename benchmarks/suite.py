@@ -26,7 +26,8 @@ counts are printed and must agree) with ``torch.set_num_threads`` fixed (``--thr
   data order) on two 2-D toys (moons, 8 Gaussians) and on the 8×8 digits in bits/dim. Digits
   are dequantised, ``u = (k + ε)/17``, and mapped to ``y = logit(α + (1 − 2α)u)`` outside the flow
   for every implementation alike; bits/dim adds the exact log-Jacobian of that map and
-  ``D log 17`` (``pushforward.data.bits_per_dim``).
+  ``D log 17`` (``pushforward.data.bits_per_dim``). One run per seed (``--seeds``, default 0 1 2:
+  seed of the weights, the data split and the batches); the table gives the mean and min–max.
 
 normflows' ``MaskedAffineAutoregressive`` is (like nflows') parallel in its ``forward``, which
 normflows uses for sampling, so as built by ``throughput.py`` it is an IAF (sequential density);
@@ -197,17 +198,19 @@ def _logit(k: Tensor, levels: float, generator: torch.Generator | None) -> tuple
     return y, log_det
 
 
-def nll_case(flow: str, name: str, impls: list[str], cfg: argparse.Namespace) -> list[dict]:
-    train, test, levels = nll_data(name, cfg.seed)
+def nll_case(flow: str, name: str, impls: list[str], cfg: argparse.Namespace,
+             seed: int) -> list[dict]:
+    """Every implementation trained from ``seed`` (weights, data split, batches) and tested."""
+    train, test, levels = nll_data(name, seed)
     d = train.shape[1]
     if levels:
-        test_y, test_log_det = _logit(test, levels, torch.Generator().manual_seed(cfg.seed))
+        test_y, test_log_det = _logit(test, levels, torch.Generator().manual_seed(seed))
     records = []
     for impl in impls:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         model = build(impl, flow, d, cfg)
         optimizer = torch.optim.Adam(model.module.parameters(), lr=cfg.lr)
-        batches = torch.Generator().manual_seed(cfg.seed)
+        batches = torch.Generator().manual_seed(seed)
         start = time.perf_counter()
         for _ in range(cfg.steps):
             x = train[torch.randint(len(train), (cfg.nll_batch,), generator=batches)]
@@ -225,10 +228,10 @@ def nll_case(flow: str, name: str, impls: list[str], cfg: argparse.Namespace) ->
             else:
                 value = float(-model.log_prob(test).mean())
         records.append({"flow": flow, "data": name, "impl": impl, "params": model.params,
-                        "steps": cfg.steps, "batch": cfg.nll_batch, "lr": cfg.lr,
+                        "seed": seed, "steps": cfg.steps, "batch": cfg.nll_batch, "lr": cfg.lr,
                         "value": value, "unit": "bits/dim" if levels else "nats",
                         "train_seconds": seconds})
-    print(f"  nll {flow} {name}: " + ", ".join(
+    print(f"  nll {flow} {name} seed {seed}: " + ", ".join(
         f"{r['impl']} {r['value']:.4f}" for r in records), file=sys.stderr, flush=True)
     return records
 
@@ -296,20 +299,26 @@ def memory_table(records: list[dict], peers: list[str]) -> str:
 
 
 def nll_table(records: list[dict], peers: list[str]) -> str:
-    index = {(r["flow"], r["data"], r["impl"]): r for r in records}
-    keys = sorted({(r["flow"], r["data"]) for r in records},
-                  key=lambda k: (tp.FLOWS.index(k[0]), k[1]))
+    """Mean over seeds (min–max) per implementation, and ours minus the best peer's mean."""
+    values: dict[tuple[str, str, str], list[float]] = {}
+    units = {}
+    for r in records:
+        values.setdefault((r["flow"], r["data"], r["impl"]), []).append(r["value"])
+        units[(r["flow"], r["data"])] = r["unit"]
+    keys = sorted(units, key=lambda k: (tp.FLOWS.index(k[0]), k[1]))
     impls = ["pushforward", *peers]
     lines = ["| flow | data | unit | " + " | ".join(impls) + " | ours − best peer |",
              "|---|---|---|" + "---|" * (len(impls) + 1)]
     for flow, data in keys:
-        row = [index.get((flow, data, i)) for i in impls]
-        unit = next(r["unit"] for r in row if r is not None)
-        cells = ["—" if r is None else f"{r['value']:.4f}" for r in row]
-        peer_values = [r["value"] for r in row[1:] if r is not None]
-        gap = (f"{row[0]['value'] - min(peer_values):+.4f}"
-               if row[0] is not None and peer_values else "—")
-        lines.append(f"| {flow} | {data} | {unit} | " + " | ".join(cells) + f" | {gap} |")
+        runs = [values.get((flow, data, i)) for i in impls]
+        means = [None if v is None else statistics.fmean(v) for v in runs]
+        cells = ["—" if v is None else
+                 (f"{statistics.fmean(v):.4f}" if len(v) == 1 else
+                  f"{statistics.fmean(v):.4f} ({min(v):.3f}–{max(v):.3f})") for v in runs]
+        peer_means = [m for m in means[1:] if m is not None]
+        gap = f"{means[0] - min(peer_means):+.4f}" if means[0] is not None and peer_means else "—"
+        lines.append(f"| {flow} | {data} | {units[(flow, data)]} | " + " | ".join(cells)
+                     + f" | {gap} |")
     return "\n".join(lines)
 
 
@@ -355,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=1000, help="NLL: Adam steps")
     parser.add_argument("--nll-batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="NLL: one run per seed; the table gives the mean and min–max")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("suite.json"))
     cfg = parser.parse_args(argv)
     torch.set_num_threads(cfg.threads)
@@ -401,11 +411,12 @@ def main(argv: list[str] | None = None) -> None:
         records = []
         for flow in cfg.flows:
             for name in (*TOYS, "digits"):
-                records.extend(nll_case(flow, name, impls, cfg))
+                for seed in cfg.seeds:
+                    records.extend(nll_case(flow, name, impls, cfg, seed))
         result["nll"] = records
         out.append(f"\n### Test NLL after {cfg.steps} Adam steps (lr {cfg.lr}, batch "
-                   f"{cfg.nll_batch}, seed {cfg.seed}; toys in nats, digits in bits/dim; lower "
-                   "is better)\n")
+                   f"{cfg.nll_batch}; mean (min–max) over seeds {cfg.seeds}; toys in nats, "
+                   "digits in bits/dim; lower is better)\n")
         out.append(nll_table(records, peers))
     result["meta"]["load_average_end"] = machine()["load_average"]
     cfg.out.write_text(json.dumps(result, indent=1))

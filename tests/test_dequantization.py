@@ -14,7 +14,8 @@ LEVELS = 4
 def _model():
     """A continuous density on [0, 1] (a perturbed MAF squashed by a sigmoid), float64."""
     torch.manual_seed(0)
-    flow = pf.transforms.bounded(pf.flows.MAF(1, transforms=2, hidden=[8], identity_init=True), 0.0, 1.0).double()
+    maf = pf.flows.MAF(1, transforms=2, hidden=[8], identity_init=True)
+    flow = pf.transforms.bounded(maf, 0.0, 1.0).double()
     with torch.no_grad():
         for p in flow.parameters():
             p.add_(0.25 * torch.randn_like(p))
@@ -35,8 +36,8 @@ def _exact_log_prob(flow, k):
 
 def _dequantizer():
     torch.manual_seed(1)
-    q = VariationalDequantization(1, LEVELS, flow=pf.flows.MAF(1, context=1, transforms=2,
-                                                               hidden=[8], identity_init=True)).double()
+    maf = pf.flows.MAF(1, context=1, transforms=2, hidden=[8], identity_init=True)
+    q = VariationalDequantization(1, LEVELS, flow=maf).double()
     with torch.no_grad():
         for p in q.parameters():
             p.add_(0.1 * torch.randn_like(p))

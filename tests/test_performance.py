@@ -105,7 +105,7 @@ def test_suite_smoke(tmp_path):
     with pf.validation(True):
         suite.main(["--flows", "maf", "--dims", "2", "--peers", "zuko", "--batch", "64",
                     "--repeats", "1", "--min-time", "0.001", "--steps", "3", "--hidden", "8",
-                    "--transforms", "1", "--out", str(out)])
+                    "--transforms", "1", "--seeds", "0", "1", "--out", str(out)])
     result = json.loads(out.read_text())
     ours = [r for r in result["speed"] if r["impl"] == "pushforward"]
     assert {r["op"] for r in ours} == {"log_prob", "train_step", "sample"}
@@ -115,3 +115,4 @@ def test_suite_smoke(tmp_path):
     assert memory["peak_bytes"] >= 4 * params  # at least the gradients
     assert {r["data"] for r in result["nll"]} == {"moons", "8gaussians", "digits"}
     assert all(r["value"] == r["value"] for r in result["nll"])  # not NaN
+    assert {r["seed"] for r in result["nll"]} == {0, 1}
