@@ -75,8 +75,8 @@ class _Autoregressive(Transform):
 class MaskedAutoregressive(_Autoregressive):
     """Masked autoregressive flow layer (MAF): ``x_i = g(z_i; θ_i(x_{<i}, c))``.
 
-    With the default affine map, ``x_i = μ_i + σ_i z_i`` where ``(log σ_i, μ_i)`` come from a MADE
-    fed with the data ``x`` (log-scale soft-clamped). ``ladj = Σ_i log g'(z_i)``
+    With the default affine map, ``x_i = (z_i − m_i) σ_i`` where ``(log σ_i, m_i)`` come from a
+    MADE fed with the data ``x`` (log-scale soft-clamped). ``ladj = Σ_i log g'(z_i)``
     (``Σ_i log σ_i`` for the affine map). Inverse (the density direction):
     ``z_i = g⁻¹(x_i; θ_i(x_{<i}))`` for all ``i`` at once, in **one** MADE pass. The forward
     (sampling) direction is sequential: ``d`` passes, one per feature in the ordering.
@@ -126,8 +126,8 @@ class MaskedAutoregressive(_Autoregressive):
 class InverseAutoregressive(_Autoregressive):
     """Inverse autoregressive flow layer (IAF): ``x_i = g(z_i; θ_i(z_{<i}, c))``.
 
-    With the default affine map, ``x_i = μ_i(z_{<i}) + σ_i(z_{<i}) z_i``; the MADE is fed with the
-    base-side ``z``, so the forward (sampling) direction is **one** MADE pass.
+    With the default affine map, ``x_i = (z_i − m_i(z_{<i})) σ_i(z_{<i})``; the MADE is fed with
+    the base-side ``z``, so the forward (sampling) direction is **one** MADE pass.
     ``ladj = Σ_i log g'(z_i)``. The inverse (density) is sequential:
     ``z_i = g⁻¹(x_i; θ_i(z_{<i}))``, one pass per feature.
 

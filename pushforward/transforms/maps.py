@@ -44,10 +44,15 @@ class ElementwiseMap(Protocol):
 
 
 class AffineMap:
-    """``x = z · exp(s) + t`` with a soft-clamped log-scale ``s = B tanh(ŝ/B)``.
+    """``x = z · exp(s) + t`` with ``t = −m · exp(s)``, i.e. ``x = (z − m) · exp(s)``.
 
-    ``log|∂x/∂z| = s``; inverse ``z = (x − t) · exp(−s)``. The clamp keeps ``exp(s)`` within
-    ``[e^{−B}, e^{B}]`` so no raw conditioner output can overflow.
+    The log-scale is soft-clamped, ``s = B tanh(ŝ/B)``, and the conditioner's shift ``m`` acts on
+    the latent side: the density direction is ``z = x · exp(−s) + m``, the form of RealNVP's
+    paper (and of zuko's and nflows' affine layers). Both shifts give the same family of maps;
+    this one trains to a lower NLL at a fixed budget (3-layer MAF, 1000 steps, 8 Gaussians,
+    9 seeds: 3.30 against 3.40 nats with ``z = (x − t)·exp(−s)``).
+    ``log|∂x/∂z| = s``. The clamp keeps ``exp(s)`` within ``[e^{−B}, e^{B}]`` so no raw
+    conditioner output can overflow.
 
     Args:
         bound: the clamp ``B`` on the log-scale (default 3, chosen by the experiment in
@@ -62,15 +67,10 @@ class AffineMap:
             raise ValueError(f"AffineMap: bound must be positive or None, got {bound}")
         self.bound = None if bound is None or math.isinf(bound) else float(bound)
 
-    def _split(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        raw_scale, shift = params.unbind(-1)
-        if self.bound is None:
-            return raw_scale, shift
-        return soft_clamp(raw_scale, self.bound), shift
-
     def forward(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        log_scale, shift = self._split(params)
-        return torch.addcmul(shift, z, log_scale.exp()), log_scale
+        raw_scale, shift = params.unbind(-1)
+        log_scale = raw_scale if self.bound is None else soft_clamp(raw_scale, self.bound)
+        return (z - shift) * log_scale.exp(), log_scale
 
     def inverse(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         # the density direction, where training spends its time: one fused autograd node when
@@ -88,10 +88,10 @@ def _negative_log_scale(raw_scale: Tensor, bound: float | None) -> Tensor:
 
 
 class _AffineInverse(torch.autograd.Function):
-    """``z = (x − t)·exp(−s)`` and ``−s`` as one autograd node.
+    """``z = x·exp(−s) + m`` and ``−s`` as one autograd node.
 
-    Saves only ``z`` (the next layer's input, alive anyway) and ``−s``; the backward is written
-    out: ``∂z/∂x = e^{−s}``, ``∂z/∂t = −e^{−s}``, ``∂z/∂(−s) = z`` and
+    Saves only ``x`` (alive anyway: the data or the previous layer's output) and ``−s``; the
+    backward is written out: ``∂z/∂x = e^{−s}``, ``∂z/∂m = 1``, ``∂z/∂(−s) = x e^{−s}`` and
     ``∂(−s)/∂ŝ = (−s/B)² − 1``. Built from differentiable operations, so double backward works.
     """
 
@@ -101,24 +101,23 @@ class _AffineInverse(torch.autograd.Function):
     def forward(x: Tensor, params: Tensor, bound: float | None) -> tuple[Tensor, Tensor]:
         raw_scale, shift = params.unbind(-1)
         neg = _negative_log_scale(raw_scale, bound)
-        return (x - shift) * neg.exp(), neg
+        return torch.addcmul(shift, x, neg.exp()), neg
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
         ctx.bound = inputs[2]
-        ctx.save_for_backward(*output)
+        ctx.save_for_backward(inputs[0], output[1])
 
     @staticmethod
     def backward(ctx, grad_z: Tensor, grad_neg: Tensor | None):  # noqa: ANN001, ANN205
-        z, neg = ctx.saved_tensors
-        scale = neg.exp()
-        grad_x = grad_z * scale
-        grad_n = grad_z * z if grad_neg is None else torch.addcmul(grad_neg, grad_z, z)
+        x, neg = ctx.saved_tensors
+        grad_x = grad_z * neg.exp()
+        grad_n = grad_x * x if grad_neg is None else torch.addcmul(grad_neg, grad_x, x)
         if ctx.bound is None:
             grad_raw = -grad_n
         else:
             grad_raw = grad_n * ((neg * (1.0 / ctx.bound)).square() - 1.0)
-        grad_params = torch.stack([grad_raw, -grad_x], dim=-1)
+        grad_params = torch.stack([grad_raw, grad_z], dim=-1)
         return (grad_x if ctx.needs_input_grad[0] else None), grad_params, None
 
 
