@@ -12,6 +12,7 @@ import torch
 import pushforward as pf
 from pushforward._validation import check_tensor
 from pushforward.nn import MADE
+from pushforward.transforms import maps
 from pushforward.transforms.coupling import _as_slice
 from pushforward.transforms.maps import AffineMap, soft_clamp
 
@@ -39,8 +40,11 @@ def test_soft_clamp_is_bound_tanh():
                                    atol=1e-14, rtol=0)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("bound", [3.0, None])
-def test_affine_inverse_node_matches_plain_autograd(bound):
+def test_affine_inverse_node_matches_plain_autograd(bound, fused, monkeypatch):
+    # the fused node serves inputs of at least _FUSED_MIN_NUMEL elements, plain operations the rest
+    monkeypatch.setattr(maps, "_FUSED_MIN_NUMEL", 0 if fused else 10**9)
     torch.manual_seed(0)
     m = AffineMap(bound)
     x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
@@ -52,6 +56,7 @@ def test_affine_inverse_node_matches_plain_autograd(bound):
         return x * torch.exp(-s) + shift, -s
 
     z, neg = m.inverse(x, p)
+    assert ("AffineInverse" in type(z.grad_fn).__name__) == fused
     z0, neg0 = plain(x, p)
     torch.testing.assert_close(z, z0)
     torch.testing.assert_close(neg, neg0)

@@ -73,11 +73,17 @@ class AffineMap:
         return (z - shift) * log_scale.exp(), log_scale
 
     def inverse(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        # the density direction, where training spends its time: one fused autograd node when
-        # a gradient is wanted; plain operations otherwise (no autograd.Function overhead)
-        if torch.is_grad_enabled() and (x.requires_grad or params.requires_grad):
+        # The density direction, where training spends its time: one fused autograd node (less
+        # activation memory, a cheaper backward) when a gradient is wanted on a large enough
+        # input; plain differentiable operations otherwise, since below ~4k elements the node's
+        # fixed Python cost (~30 µs per call) outweighs what it saves.
+        if (x.numel() >= _FUSED_MIN_NUMEL and torch.is_grad_enabled()
+                and (x.requires_grad or params.requires_grad)):
             return _AffineInverse.apply(x, params, self.bound)
         return _AffineInverse.forward(x, params, self.bound)
+
+
+_FUSED_MIN_NUMEL = 4096
 
 
 def _negative_log_scale(raw_scale: Tensor, bound: float | None) -> Tensor:
@@ -117,8 +123,17 @@ class _AffineInverse(torch.autograd.Function):
             grad_raw = -grad_n
         else:
             grad_raw = grad_n * ((neg * (1.0 / ctx.bound)).square() - 1.0)
-        grad_params = torch.stack([grad_raw, grad_z], dim=-1)
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_params, None
+        return (grad_x if ctx.needs_input_grad[0] else None), _pair(grad_raw, grad_z), None
+
+
+def _pair(a: Tensor, b: Tensor) -> Tensor:
+    """``torch.stack([a, b], dim=-1)``, written into one new tensor: on CPU ``stack`` along the
+    last dimension goes through a generic ``cat`` that took 157 µs for two 1024×64 floats, the
+    two strided copies 34 µs. Differentiable (double backward goes through the copies)."""
+    out = a.new_empty(*a.shape, 2)
+    out[..., 0] = a
+    out[..., 1] = b
+    return out
 
 
 class AdditiveMap:
