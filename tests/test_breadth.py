@@ -177,6 +177,25 @@ def test_naf_inverse_is_sequential_bisection_to_round_off():
     assert not t.analytic_inverse
 
 
+def test_naf_sampling_beyond_float32_resolution_is_a_value_error():
+    # a context of 1e30 drives the conditioner's outputs past what float32 resolves: the root
+    # of the sequential inverse cannot be bracketed, which is reported as bad input
+    torch.manual_seed(0)
+    flow = pf.flows.build("naf", features=1, context=2)
+    torch.manual_seed(1)  # a context and a draw where float32 cannot resolve the root
+    context = torch.randn(1, 2)
+    context[0, 1] = 1e30
+    with pytest.raises(ValueError, match="too large for this dtype"):
+        flow.sample(1, context)
+    from pushforward.transforms._roots import solve_increasing
+
+    def bounded(u):  # increasing but not onto: never reaches 2
+        return torch.sigmoid(u), torch.sigmoid(u) * (1 - torch.sigmoid(u))
+
+    with pytest.raises(ValueError, match="could not bracket"):
+        solve_increasing(bounded, torch.tensor([2.0]))
+
+
 def test_naf_map_is_identity_at_zero_parameters():
     m = pf.transforms.DeepSigmoidalMap(5)
     x = torch.linspace(-30, 30, 41, dtype=torch.float64)

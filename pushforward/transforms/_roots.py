@@ -45,7 +45,8 @@ def solve_increasing(
         ``u`` with ``f(u) = target`` to round-off (detached).
 
     Raises:
-        RuntimeError: the bracket could not be found (``f`` does not reach ``target``).
+        ValueError: the bracket could not be found: in this dtype ``f`` does not reach
+            ``target`` (an input or a conditioner output too large to resolve).
     """
     target = target.detach()
     lo = (target - 1) if lo is None else lo.detach().clone()
@@ -60,7 +61,11 @@ def solve_increasing(
         hi = torch.where(above, hi + step, hi)
         step = step * 2
     else:
-        raise RuntimeError("solve_increasing: could not bracket the root (is f onto?)")
+        raise ValueError(
+            f"solve_increasing: could not bracket the root in {target.dtype}: the input or the "
+            "conditioner's output is too large for this dtype to resolve (largest |target| "
+            f"{float(target.abs().max()):.3g})"
+        )
     u = 0.5 * (lo + hi)
     tol = _tolerance(target)
     for _ in range(max_iter):
