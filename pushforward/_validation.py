@@ -121,18 +121,25 @@ def check_tensor(
 def check_dtype(x: Tensor, module: torch.nn.Module, owner: str, what: str = "input") -> None:
     """Raise ``TypeError`` if ``x``'s dtype differs from the floating dtype of ``module``'s
     parameters (a module without floating parameters or buffers accepts any floating dtype)."""
-    # lazily: the walk stops at the first floating tensor (materialising every parameter and
-    # buffer of a 3-layer MAF took 37 µs per call)
+    dtype = _floating_dtype(module)
+    if dtype is not None and x.dtype != dtype:
+        name = str(dtype).replace("torch.", "")
+        raise TypeError(
+            f"{owner}: {what} has dtype {str(x.dtype).replace('torch.', '')} but the "
+            f"parameters are {name}; convert one of them (e.g. x.to(torch.{name}) or "
+            f"module.to({str(x.dtype)}))"
+        )
+
+
+def _floating_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of the module's first floating parameter or buffer, None if it has none.
+
+    Lazy: the walk stops at the first floating tensor (materialising every parameter and buffer
+    of a 3-layer MAF took 37 µs per call, this 6 µs)."""
     for tensor in itertools.chain(module.parameters(), module.buffers()):
         if tensor.is_floating_point():
-            if x.dtype != tensor.dtype:
-                name = str(tensor.dtype).replace("torch.", "")
-                raise TypeError(
-                    f"{owner}: {what} has dtype {str(x.dtype).replace('torch.', '')} but the "
-                    f"parameters are {name}; convert one of them (e.g. x.to(torch.{name}) or "
-                    f"module.to({str(x.dtype)}))"
-                )
-            return
+            return tensor.dtype
+    return None
 
 
 def check_count(n: object, owner: str) -> int:
@@ -195,12 +202,8 @@ def as_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
 
 def dtype_of(module: torch.nn.Module) -> torch.dtype:
     """The floating dtype of a module's first parameter or buffer (float32 if it has none)."""
-    # lazily: the walk stops at the first floating tensor (materialising every parameter and
-    # buffer of a 3-layer MAF took 37 µs per call)
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.get_default_dtype()
+    dtype = _floating_dtype(module)
+    return torch.get_default_dtype() if dtype is None else dtype
 
 
 def device_of(module: torch.nn.Module) -> torch.device:
