@@ -313,8 +313,8 @@ def nll_table(records: list[dict], peers: list[str]) -> str:
         runs = [values.get((flow, data, i)) for i in impls]
         means = [None if v is None else statistics.fmean(v) for v in runs]
         cells = ["—" if v is None else
-                 (f"{statistics.fmean(v):.4f}" if len(v) == 1 else
-                  f"{statistics.fmean(v):.4f} ({min(v):.3f}–{max(v):.3f})") for v in runs]
+                 (f"{m:.4f}" if len(v) == 1 else f"{m:.4f} ({min(v):.3f}–{max(v):.3f})")
+                 for v, m in zip(runs, means)]
         peer_means = [m for m in means[1:] if m is not None]
         gap = f"{means[0] - min(peer_means):+.4f}" if means[0] is not None and peer_means else "—"
         lines.append(f"| {flow} | {data} | {units[(flow, data)]} | " + " | ".join(cells)
@@ -341,24 +341,15 @@ def machine() -> dict:
             "load_average": [round(v, 2) for v in load]}
 
 
+def _every_case(case, impls: list[str], cfg: argparse.Namespace) -> list[dict]:  # noqa: ANN001
+    """``case(flow, d, impls, cfg)``'s records for every flow and dimension asked for."""
+    return [r for flow in cfg.flows for d in cfg.dims for r in case(flow, d, impls, cfg)]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
-    parser.add_argument("--flows", nargs="+", default=list(tp.FLOWS), choices=tp.FLOWS)
-    parser.add_argument("--dims", nargs="+", type=int, default=[2, 16, 64])
-    parser.add_argument("--peers", nargs="+", default=list(tp.PEERS), choices=tp.PEERS)
-    parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--transforms", type=int, default=3)
-    parser.add_argument("--hidden", type=int, default=64, help="width of every hidden layer")
-    parser.add_argument("--layers", type=int, default=2, help="hidden layers per conditioner")
-    parser.add_argument("--bins", type=int, default=8)
-    parser.add_argument("--bound", type=float, default=5.0)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--min-time", type=float, default=0.05)
-    parser.add_argument("--slow", type=float, default=1.0,
-                        help="an operation slower than this per call (s) gets at most 3 repeats")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--clock", choices=sorted(tp.CLOCKS), default="wall")
+    tp.add_comparison_arguments(parser)
     parser.add_argument("--compile", nargs="*", default=[], metavar="FLOW:D",
                         help="also time our torch.compile'd log_prob and training step there")
     parser.add_argument("--steps", type=int, default=1000, help="NLL: Adam steps")
@@ -390,19 +381,13 @@ def main(argv: list[str] | None = None) -> None:
             f"{cfg.transforms} transforms, hidden {[cfg.hidden] * cfg.layers}, bins {cfg.bins}.")
     out.append(head)
     if "speed" in cfg.parts:
-        records = []
-        for flow in cfg.flows:
-            for d in cfg.dims:
-                records.extend(speed_case(flow, d, impls, cfg))
+        records = _every_case(speed_case, impls, cfg)
         result["speed"] = records
         out.append(f"\n### Throughput (samples/s, batch {cfg.batch}, median (min–max) of "
                    f"{cfg.repeats} alternating repeats, {cfg.clock} clock)\n")
         out.append(speed_table(records, peers))
     if "memory" in cfg.parts:
-        records = []
-        for flow in cfg.flows:
-            for d in cfg.dims:
-                records.extend(memory_case(flow, d, impls, cfg))
+        records = _every_case(memory_case, impls, cfg)
         result["memory"] = records
         out.append(f"\n### Peak tensor memory of one training step (batch {cfg.batch}, "
                    "torch.profiler)\n")

@@ -323,8 +323,8 @@ def profile(spec: str, cfg: argparse.Namespace) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=cfg.profile_rows))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_comparison_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options shared with ``suite.py``: what is compared, at which size, how it is timed."""
     parser.add_argument("--flows", nargs="+", default=list(FLOWS), choices=FLOWS)
     parser.add_argument("--dims", nargs="+", type=int, default=[2, 16, 64])
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
@@ -344,6 +344,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall: elapsed time; cpu: process CPU time (steadier on a shared "
                              "machine, equal to wall time on an idle one with --threads 1)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_comparison_arguments(parser)
     parser.add_argument("--no-validation", action="store_true",
                         help="turn pushforward's input checks off (they are on by default)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
