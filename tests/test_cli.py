@@ -2,37 +2,27 @@
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from processes import child_env
 
 import pushforward as pf
 from pushforward.cli import main
 from pushforward.training import checkpoint as ckpt
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 SMALL = ["--option", "transforms=2", "--option", "hidden=[32,32]"]
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    env["MPLBACKEND"] = "Agg"
-    return env
-
-
 def _cli(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "pushforward", *args], capture_output=True,
-                          text=True, env=_env(), timeout=300, **kwargs)
+                          text=True, env=child_env(), timeout=300, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +181,7 @@ def test_sigterm_saves_and_resume_finishes(tmp_path):
             "--checkpoint-every", "10", "--out", str(out), "--no-progress", *SMALL]
     process = subprocess.Popen([sys.executable, "-m", "pushforward", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=_env())
+                               env=child_env())
     _wait_for(out / ckpt.STATE_FILE, process)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
@@ -219,7 +209,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "pushforward", "train", *args,
                                 "--out", str(killed)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=_env())
+                               stderr=subprocess.DEVNULL, env=child_env())
     _wait_for(killed / ckpt.STATE_FILE, process)
     while process.poll() is None:
         _, meta = ckpt.read_tensors(killed / ckpt.STATE_FILE)

@@ -1,19 +1,16 @@
 """DDP under torchrun: two CPU processes (gloo) end with identical parameters and a lower loss."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from processes import child_env
 
 from pushforward.training import checkpoint as ckpt
 from pushforward.training import distributed as ddp
-
-ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = textwrap.dedent("""
     import json, sys
@@ -40,18 +37,10 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    env["MPLBACKEND"] = "Agg"
-    return env
-
-
 def _torchrun(*args):
     return subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         *args], capture_output=True, text=True, env=_env(), timeout=600)
+         *args], capture_output=True, text=True, env=child_env(), timeout=600)
 
 
 def test_helpers_without_a_process_group():
