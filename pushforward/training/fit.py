@@ -139,6 +139,25 @@ def _log_evaluations(flow: nn.Module, history: History) -> int | None:
 
 
 # -- data ----------------------------------------------------------------------------------------
+def _as_tensors(data: Any, dtype: torch.dtype) -> Any:
+    """Array-likes (NumPy arrays, nested lists) as tensors of the flow's ``dtype``.
+
+    Tensors and Datasets pass through unchanged; a tuple ``(x, context)`` (or a list of two
+    arrays) converts each half. So ``pf.fit(flow, pf.data.toy("moons", 1000))`` works as is.
+    """
+    if data is None or isinstance(data, (Tensor, Dataset)):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(
+        isinstance(d, (Tensor, np.ndarray)) for d in data
+    ):
+        return tuple(_as_tensors(d, dtype) for d in data)
+    if isinstance(data, np.ndarray) or isinstance(data, (list, tuple)):
+        array = np.asarray(data)
+        if array.dtype.kind in "biuf":
+            return torch.as_tensor(array, dtype=dtype)
+    return data
+
+
 class _Source:
     """Uniform batch access to a tensor, an ``(x, context)`` pair or a Dataset."""
 
@@ -356,7 +375,8 @@ def fit(
     Args:
         flow: the flow (trained in place; under ``torchrun`` it is wrapped in DDP internally).
         train: a tensor ``(N, *event)``, a pair ``(x, context)`` or a sized Dataset whose items
-            are ``x`` or ``(x, context)``.
+            are ``x`` or ``(x, context)``. NumPy arrays (e.g. from ``pf.data.toy``) and nested
+            lists are accepted and converted to the flow's dtype.
         val: validation data of the same kind (enables best-model restore and early stopping).
         epochs: passes over ``train``; or give ``steps`` (default 1,000 steps if neither).
         steps: optimisation steps in total.
@@ -407,6 +427,9 @@ def fit(
     if resume and checkpoint_dir is None:
         raise ValueError("fit: resume=True needs a checkpoint_dir")
 
+    like = _anchor(flow)
+    dtype = torch.get_default_dtype() if like is None else like.dtype
+    train, val = _as_tensors(train, dtype), _as_tensors(val, dtype)
     source = _Source(train, "train")
     val_source = None if val is None else _Source(val, "val")
     event = getattr(flow, "event_shape", None)
