@@ -78,7 +78,13 @@ class Transform(nn.Module):
 
     # -- the contract -------------------------------------------------------------------------
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Generative direction: ``x, ladj = f(z)`` with ``ladj = log|det ∂x/∂z|``."""
+        """Generative direction: ``x, ladj = f(z)`` with ``ladj = log|det ∂x/∂z|``.
+
+        An unconditional transform (``context_features == 0``) accepts any ``context`` and
+        ignores it: it is dropped here, once, before ``_forward`` sees it.
+        """
+        if not self.context_features:
+            context = None
         outermost = _outermost()
         if outermost:
             self._validate(z, self.latent_shape, context, "z")
@@ -94,7 +100,12 @@ class Transform(nn.Module):
         return x, ladj
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Normalizing direction: ``z, ladj = f⁻¹(x)`` with ``ladj = log|det ∂z/∂x|``."""
+        """Normalizing direction: ``z, ladj = f⁻¹(x)`` with ``ladj = log|det ∂z/∂x|``.
+
+        As in ``forward``, an unconditional transform ignores ``context``.
+        """
+        if not self.context_features:
+            context = None
         outermost = _outermost()
         if outermost:
             self._validate(x, self.event_shape, context, "x")

@@ -50,6 +50,43 @@ def _jacobian_ladj(t: Transform, z: Tensor, context: Tensor | None) -> Tensor:
     return torch.stack(out) if out else z.new_zeros(0)
 
 
+def _same_draws(call: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """``call()`` with the global RNG at a fixed state (restored after): stochastic transforms
+    (Hutchinson, Russian roulette) then draw the same noise on every call."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        return call()
+
+
+def _check_context_ignored(t: Transform, x: Tensor, z: Tensor) -> float:
+    """An unconditional transform given a random context returns exactly what it returns
+    without one, in both directions (the contract: ``Chain`` passes contexts blindly)."""
+    generator = torch.Generator().manual_seed(1)
+    worst = 0.0
+    for width in (1, 3):
+        noise = torch.randn(x.shape[0], width, generator=generator, dtype=x.dtype)
+        for name, method, value in (("forward", t.forward, z), ("inverse", t.inverse, x)):
+            try:
+                with torch.no_grad():
+                    got = _same_draws(lambda m=method, v=value, c=noise: m(v, c))
+            except Exception as err:  # noqa: BLE001 - any refusal breaks the contract
+                raise TransformCheckError(
+                    f"context ignored: the unconditional {type(t).__name__}.{name} refused a "
+                    f"context of width {width}: {type(err).__name__}: {err}"
+                ) from err
+            with torch.no_grad():
+                plain = _same_draws(lambda m=method, v=value: m(v, None))
+            for a, b, what in ((got[0], plain[0], "output"), (got[1], plain[1], "ladj")):
+                same = a.shape == b.shape and bool(torch.equal(a, b))
+                error = _max_error(a, b) if a.shape == b.shape else float("inf")
+                worst = max(worst, error)
+                _expect(same, "context ignored",
+                        f"{type(t).__name__}.{name}: the {what} with a random context differs "
+                        f"from the {what} without one by {error:.3e} (an unconditional "
+                        "transform must ignore its context)")
+    return worst
+
+
 def check_transform(
     t: Transform,
     x: Tensor,
@@ -65,7 +102,9 @@ def check_transform(
     ``forward(inverse(x)) ≈ x``; ``inverse(forward(z)) ≈ z``; ``ladj`` has shape ``(batch,)``;
     the inverse ``ladj`` is minus the forward ``ladj`` at the image; the forward ``ladj`` equals
     ``log|det|`` of the autograd Jacobian per sample (skipped when ``t.exact_ladj`` is False);
-    every parameter gets a gradient; with a context, the output depends on it.
+    every parameter gets a gradient; with a context, the output depends on it; an
+    unconditional transform (``context_features == 0``) given a random context returns exactly
+    what it returns without one.
 
     Args:
         t: the transform under test.
@@ -121,6 +160,9 @@ def check_transform(
         _expect(_close(ladj, reference, atol, rtol), "ladj = log|det J| (autograd)",
                 f"max error {report['jacobian']:.3e} (ladj {ladj.tolist()[:4]} vs "
                 f"autograd {reference.tolist()[:4]})")
+
+    if not t64.context_features:
+        report["context ignored"] = _check_context_ignored(t64, x, z)
 
     if context is not None and t64.context_features:
         generator = torch.Generator().manual_seed(0)
