@@ -19,6 +19,10 @@ __all__ = ["solve", "METHODS", "ADAPTIVE_METHODS", "default_tolerances"]
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams")
 METHODS = ADAPTIVE_METHODS + FIXED_METHODS
+"""The torchdiffeq solvers a ``CNF`` accepts, adaptive ones first.
+
+Fixed-grid solvers need ``options={"step_size": h}``.
+"""
 
 Dynamics = Callable[[Tensor, tuple[Tensor, ...]], tuple[Tensor, ...]]
 

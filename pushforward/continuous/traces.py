@@ -19,6 +19,7 @@ from torch import Tensor
 __all__ = ["exact_trace", "hutchinson_trace", "sample_noise", "NOISES"]
 
 NOISES = ("gaussian", "rademacher")
+"""Hutchinson noise kinds: Gaussian ``ε ~ N(0, I)`` or Rademacher ``ε ∈ {−1, 1}^d``."""
 
 
 def sample_noise(like: Tensor, kind: str = "gaussian") -> Tensor:

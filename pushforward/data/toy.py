@@ -131,6 +131,10 @@ TOY_DATASETS: dict[str, Callable[..., np.ndarray]] = {
     "circles": circles,
     "swissroll": swissroll,
 }
+"""The 2-D toy densities by name: ``TOY_DATASETS[name](n, seed)`` draws ``n`` points.
+
+:func:`toy` looks names up here (case-insensitively) and checks its arguments.
+"""
 
 
 def toy_names() -> list[str]:
