@@ -92,8 +92,8 @@ class Sigmoid(Transform):
         shape: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__(shape)
-        low_t, high_t = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high,
-                                                                                  dtype=torch.float32)
+        dtype = torch.get_default_dtype()
+        low_t, high_t = torch.as_tensor(low, dtype=dtype), torch.as_tensor(high, dtype=dtype)
         if not (torch.isfinite(low_t).all() and torch.isfinite(high_t).all()):
             raise ValueError("Sigmoid: bounds must be finite")
         if not (high_t > low_t).all():

@@ -60,8 +60,9 @@ class RandomPermutation(Permutation):
 
 
 def _random_rotation(d: int) -> Tensor:
+    """A random rotation (Haar-distributed orthogonal matrix), in float64."""
     q, r = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
-    return (q * torch.sign(torch.diagonal(r))).float()
+    return q * torch.sign(torch.diagonal(r))
 
 
 class LULinear(Transform):
@@ -92,19 +93,21 @@ class LULinear(Transform):
         if shape[0] != d:
             raise ValueError(f"{type(self).__name__}: shape {shape} must start with {d}")
         super().__init__(shape)
-        w = _random_rotation(d) if matrix is None else torch.as_tensor(matrix, dtype=torch.float32)
+        # Factorised in float64, stored in the default dtype (like every other parameter).
+        dtype = torch.get_default_dtype()
+        w = _random_rotation(d) if matrix is None else torch.as_tensor(matrix, dtype=torch.float64)
         if w.shape != (d, d) or not torch.isfinite(w).all():
             raise ValueError(f"{type(self).__name__}: matrix must be a finite {d}x{d} tensor")
         p, lower, upper = torch.linalg.lu(w.double())
         diag = torch.diagonal(upper)
         if (diag.abs() <= 1e-12 * max(1.0, float(w.abs().max()))).any():
             raise ValueError(f"{type(self).__name__}: matrix is singular")
-        self.register_buffer("permutation", p.float())
-        self.lower = nn.Parameter(torch.tril(lower, -1).float())
-        self.upper = nn.Parameter(torch.triu(upper, 1).float())
-        self.log_diag = nn.Parameter(diag.abs().log().float())
-        self.register_buffer("sign_diag", torch.sign(diag).float())
-        b = torch.zeros(d) if bias is None else torch.as_tensor(bias, dtype=torch.float32)
+        self.register_buffer("permutation", p.to(dtype))
+        self.lower = nn.Parameter(torch.tril(lower, -1).to(dtype))
+        self.upper = nn.Parameter(torch.triu(upper, 1).to(dtype))
+        self.log_diag = nn.Parameter(diag.abs().log().to(dtype))
+        self.register_buffer("sign_diag", torch.sign(diag).to(dtype))
+        b = torch.zeros(d) if bias is None else torch.as_tensor(bias, dtype=dtype)
         if b.shape != (d,):
             raise ValueError(f"{type(self).__name__}: bias must have shape ({d},)")
         self.bias = nn.Parameter(b.clone())
