@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from pushforward import _validation as _v
 from pushforward.continuous.dynamics import CNFDynamics
-from pushforward.continuous.solvers import check_method, default_tolerances, solve
+from pushforward.continuous.paths import ProbabilityPath, make_path
+from pushforward.continuous.solvers import FIXED_METHODS, check_method, default_tolerances, solve
 from pushforward.continuous.traces import NOISES, sample_noise
 from pushforward.core import Transform
 
 __all__ = ["CNF", "TRACES"]
 
 TRACES = ("exact", "hutchinson")
+"""Divergence estimators of ``CNF(trace=...)``: exact (``d`` VJPs) or Hutchinson (unbiased)."""
 
 
 class _Record:
@@ -44,6 +47,25 @@ def _positive(name: str, value: float | None) -> float | None:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"CNF: {name} must be a positive finite number, got {value}")
     return value
+
+
+def _steps(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"CNF: steps must be a positive int or None, got {value!r}")
+    return value
+
+
+class _EqualGrid:
+    """torchdiffeq grid constructor: ``steps`` equal steps between the two ends of ``t``."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def __call__(self, func: object, y0: Tensor, t: Tensor) -> Tensor:
+        return torch.linspace(float(t[0]), float(t[-1]), self.steps + 1, dtype=t.dtype,
+                              device=t.device)
 
 
 def _weight(name: str, value: float) -> float:
@@ -74,6 +96,16 @@ class CNF(Transform):
     solve, which ``pushforward.fit`` adds to the loss. These states are left out of the
     solver's error control.
 
+    Flow matching (``pushforward.fit(..., objective="flow-matching")``) trains the field
+    without solving: ``velocity(t, x, context)`` is the field on the path's time ``t ∈ [0, 1]``
+    (``t1 · f(t1 · t, x, c)``, the same ODE as the solve, rescaled) and ``path`` the conditional
+    probability path it regresses on (``pushforward.continuous.paths``).
+
+    Solver choice: an adaptive method (``dopri5``) with ``rtol``/``atol``, or a fixed-grid one
+    (``rk4``, ``euler``, ``midpoint``...) with ``steps=N`` equal steps over ``[0, t1]``
+    (``nfe`` = N × stages). ``solver(...)`` overrides these for the calls inside a ``with``
+    block, e.g. ``with cnf.solver(method="rk4", steps=20): flow.sample(1000)``.
+
     Per-solve extras are reset at the start of each call: ``nfe`` (= ``nfe_forward``, field
     evaluations made by the solver, rejected steps included), ``nfe_backward`` (evaluations
     made by the adjoint backward pass; 0 with direct backpropagation, which re-uses the
@@ -91,6 +123,8 @@ class CNF(Transform):
         method: a torchdiffeq solver (``dopri5``, ``bosh3``, ``rk4`` with
             ``options={"step_size": h}``, ...).
         options: extra solver options for torchdiffeq.
+        steps: number of equal steps of a fixed-grid method over ``[0, t1]``; None: the
+            method's own options (a fixed-grid method then needs ``options["step_size"]``).
         adjoint: gradients by the adjoint ODE (``odeint_adjoint``; memory independent of the
             number of steps) instead of backpropagating through the solver.
         kinetic: RNODE weight ``λ_K`` of the kinetic energy.
@@ -101,11 +135,14 @@ class CNF(Transform):
             the first ``features`` dimensions.
         context_features: width of the context the field reads; None: the field's own
             ``context_features`` attribute, else 0.
+        path: the conditional probability path flow matching trains on: ``"cond-ot"``
+            (``CondOTPath()``, the default), ``"vp"`` (``VPPath()``) or a path object.
 
     Raises:
         TypeError: ``field`` is not an ``nn.Module``.
-        ValueError: an unknown trace, noise or method, a non-positive ``t1`` or tolerance, a
-            negative weight or augmentation.
+        ValueError: an unknown trace, noise, method or path, a non-positive ``t1``, tolerance
+            or step count, a fixed-grid method without ``steps`` or a step size, a negative
+            weight or augmentation.
 
     References:
         Neural ordinary differential equations. R. T. Q. Chen, Y. Rubanova, J. Bettencourt,
@@ -151,6 +188,8 @@ class CNF(Transform):
         jacobian: float = 0.0,
         augment: int = 0,
         context_features: int | None = None,
+        steps: int | None = None,
+        path: str | ProbabilityPath = "cond-ot",
     ) -> None:
         if not isinstance(field, nn.Module):
             raise TypeError(f"CNF: field must be an nn.Module, got {type(field).__name__}")
@@ -182,6 +221,9 @@ class CNF(Transform):
         self.atol = _positive("atol", atol)
         self.method = check_method(method)
         self.options = dict(options or {})
+        self.steps = _steps(steps)
+        self._check_grid(self.method, self.steps, self.options)
+        self.path = make_path(path)
         self.adjoint = bool(adjoint)
         self.kinetic = _weight("kinetic", kinetic)
         self.jacobian = _weight("jacobian", jacobian)
@@ -237,10 +279,106 @@ class CNF(Transform):
         """Per-sample ``∫‖∂f/∂z‖_F² dt`` of the last regularised solve (else None)."""
         return self._record.frobenius
 
+    # -- flow matching ------------------------------------------------------------------------
+    def velocity(self, t: Tensor, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """The field on the path's time: ``v(t, x, c) = t1 · f(t1 · t, x, c)``, ``t ∈ [0, 1]``.
+
+        The ODE the solves integrate, in the time of ``path`` (so ``dx/dt = v`` carries the base
+        at ``t = 0`` to the model at ``t = 1``); differentiable in the field's parameters.
+
+        Args:
+            t: times, ``(batch,)`` (or a scalar, broadcast).
+            x: points, ``(batch, *event_shape)``.
+            context: ``(batch, context_features)`` when the CNF is conditional.
+
+        Returns:
+            ``(batch, *event_shape)``.
+
+        Raises:
+            ValueError: a shape mismatch, or a context missing or unexpected.
+        """
+        if x.dim() < 1 or tuple(x.shape[1:]) != tuple(self.event_shape):
+            raise ValueError(
+                f"CNF.velocity: x must be (batch, *{tuple(self.event_shape)}), got "
+                f"{tuple(x.shape)}"
+            )
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"CNF.velocity: t must be ({x.shape[0]},), got {tuple(t.shape)}")
+        if (context is None) != (self.context_features == 0):
+            raise ValueError(
+                f"CNF.velocity: built for context_features={self.context_features} but called "
+                f"{'without' if context is None else 'with'} a context"
+            )
+        dynamics = CNFDynamics(self.field, None if context is None else context.to(x.dtype),
+                               None, False)
+        dynamics.nfe_forward = 2  # skip the first-call shape probe: checked here instead
+        out = dynamics.evaluate(self.t1 * t, x)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"CNF.velocity: the field returned {got} for x of shape "
+                             f"{tuple(x.shape)}")
+        return self.t1 * out
+
     # -- solving ------------------------------------------------------------------------------
+    @staticmethod
+    def _check_grid(method: str, steps: int | None, options: dict) -> None:
+        if method in FIXED_METHODS and steps is None and "step_size" not in options and (
+                "grid_constructor" not in options):
+            raise ValueError(
+                f"CNF: the fixed-grid solver {method!r} needs steps=N (or "
+                "options={'step_size': h})"
+            )
+
+    @contextlib.contextmanager
+    def solver(
+        self,
+        method: str | None = None,
+        steps: int | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+    ) -> Iterator[CNF]:
+        """Use another solver for the calls inside a ``with`` block (restored after).
+
+        ``with cnf.solver(method="rk4", steps=20): x = flow.sample(1000)`` samples with 20
+        fourth-order steps (80 field evaluations); ``with cnf.solver(rtol=1e-7, atol=1e-7):``
+        tightens the adaptive solver. Arguments left None keep their current value; giving
+        an adaptive ``method`` drops a fixed step count.
+
+        Raises:
+            ValueError: an unknown method, a non-positive step count or tolerance, a
+                fixed-grid method without steps.
+        """
+        saved = (self.method, self.steps, self.rtol, self.atol, self.options)
+        new_method = self.method if method is None else check_method(method)
+        new_steps = _steps(steps) if steps is not None else (
+            None if method is not None and new_method not in FIXED_METHODS else self.steps)
+        options = dict(self.options)
+        if steps is not None:
+            options.pop("step_size", None)
+        self._check_grid(new_method, new_steps, options)
+        self.method, self.steps, self.options = new_method, new_steps, options
+        if rtol is not None:
+            self.rtol = _positive("rtol", rtol)
+        if atol is not None:
+            self.atol = _positive("atol", atol)
+        try:
+            yield self
+        finally:
+            self.method, self.steps, self.rtol, self.atol, self.options = saved
+
     def _tolerances(self, dtype: torch.dtype) -> tuple[float, float]:
         rtol, atol = default_tolerances(dtype)
         return (self.rtol or rtol, self.atol or atol)
+
+    def _solver_options(self) -> dict:
+        options = dict(self.options)
+        if self.steps is not None and self.method in FIXED_METHODS:
+            options.pop("step_size", None)
+            options["grid_constructor"] = _EqualGrid(self.steps)
+        return options
 
     def _solve(
         self, value: Tensor, context: Tensor | None, t0: float, t1: float
@@ -272,7 +410,8 @@ class CNF(Transform):
         try:
             out = solve(
                 dynamics, state, t0, t1, rtol=rtol, atol=atol, method=self.method,
-                options=self.options, adjoint=self.adjoint, adjoint_params=params, controlled=2,
+                options=self._solver_options(), adjoint=self.adjoint, adjoint_params=params,
+                controlled=2,
             )
         finally:
             dynamics.solving = False
@@ -290,6 +429,9 @@ class CNF(Transform):
     def extra_repr(self) -> str:
         parts = [super().extra_repr(), f"trace={self.trace!r}", f"method={self.method!r}",
                  f"t1={self.t1}"]
+        if self.steps is not None:
+            parts.append(f"steps={self.steps}")
+        parts.append(f"path={self.path!r}")
         if self.trace == "hutchinson":
             parts.append(f"noise={self.noise!r}")
         if self.rtol is not None or self.atol is not None:

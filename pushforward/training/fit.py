@@ -17,6 +17,7 @@ of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -38,6 +39,8 @@ from pushforward._validation import NonFiniteResult, validation
 from pushforward.core import Flow
 from pushforward.training import checkpoint as ckpt
 from pushforward.training import distributed as ddp
+from pushforward.training.averaging import WeightAverage
+from pushforward.training.objectives import Objective, make_objective, regularization
 
 __all__ = ["fit", "fit_reverse_kl", "History", "TrainingDiverged", "regularization",
            "function_evaluations"]
@@ -95,20 +98,6 @@ class History:
         """Rebuild from ``to_dict()`` output."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in record.items() if k in names})
-
-
-def regularization(flow: nn.Module) -> Tensor | None:
-    """Sum of ``m.regularization()`` over the modules of ``flow`` that define it (None if none)."""
-    total = None
-    for module in flow.modules():
-        method = getattr(module, "regularization", None)
-        if module is not flow and callable(method):
-            value = method()
-            if value is None:
-                continue
-            value = torch.as_tensor(value)
-            total = value if total is None else total + value
-    return total
 
 
 def function_evaluations(flow: nn.Module) -> tuple[int, int] | None:
@@ -335,6 +324,15 @@ def _check_positive(name: str, value: Any, allow_none: bool = True) -> None:
         raise ValueError(f"fit: {name} must be a positive integer, got {value!r}")
 
 
+def _average_gradients(params: list[Tensor], world: int) -> None:
+    """Average gradients over processes (objectives that bypass DDP's forward)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad)
+        p.grad.div_(world)
+
+
 def _clone_state(flow: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in flow.state_dict().items()}
 
@@ -369,6 +367,9 @@ def fit(
     max_bad_steps: int = 10,
     handle_signals: bool = True,
     callback: Callable[[int, float], None] | None = None,
+    objective: str | Objective = "mle",
+    coupling: str | None = None,
+    ema: float | None = None,
 ) -> History:
     """Fit ``flow`` to data by maximum likelihood.
 
@@ -403,6 +404,20 @@ def fit(
         handle_signals: on SIGINT/SIGTERM finish the step, checkpoint and return with
             ``history.interrupted`` set.
         callback: called as ``callback(step, nll)`` after every step taken.
+        objective: ``"mle"`` (maximum likelihood, the default), ``"flow-matching"``
+            (simulation-free regression of a continuous flow's field, see
+            ``pushforward.training.objectives.FlowMatching``; the flow's transform must be one
+            ``CNF`` or ``SphereCNF``) or an ``Objective`` instance. Under flow matching the
+            per-step values in the history are the regression loss, while validation (every
+            ``val_every`` steps, by default every epoch but at most 20 times a run) measures
+            the exact NLL, so early stopping and best-model restore work as with MLE.
+        coupling: flow matching's pairing of noise and data: ``"ot"`` (exact minibatch
+            optimal transport), ``"independent"``; None: OT for unconditional flows,
+            independent with a context.
+        ema: decay of an exponential moving average of the weights (``0``: none), used for
+            validation, for the best-model restore and for the final weights; None: the
+            objective's default (none for MLE; see ``FLOW_MATCHING_DEFAULTS`` for flow
+            matching).
 
     Returns:
         The ``History`` (per-epoch and per-step train NLL, val NLL).
@@ -426,6 +441,11 @@ def fit(
         raise ValueError(f"fit: clip_grad must be positive or None, got {clip_grad!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("fit: resume=True needs a checkpoint_dir")
+    objective = make_objective(objective, coupling)
+    objective.check(flow)
+    decay = objective.default_ema if ema is None else float(ema)
+    if not (0.0 <= decay < 1.0):
+        raise ValueError(f"fit: ema must be a decay in [0, 1), got {ema!r}")
 
     like = _anchor(flow)
     dtype = torch.get_default_dtype() if like is None else like.dtype
@@ -448,6 +468,9 @@ def fit(
     batches_per_epoch = max(1, per_rank // batch_size)
     if steps is None:
         steps = 1000 if epochs is None else epochs * batches_per_epoch
+    if val_every is None and not objective.uses_model_forward:
+        # simulation-free steps are cheap next to an exact-likelihood validation pass
+        val_every = max(batches_per_epoch, -(-steps // 20))
     val_every = val_every or batches_per_epoch
     checkpoint_every = checkpoint_every or val_every
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
@@ -462,6 +485,7 @@ def fit(
     if not params:
         raise ValueError("fit: the flow has no trainable parameters")
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    average = WeightAverage(flow, decay) if decay > 0 else None
     sched = _Schedule(schedule, lr, steps, warmup, min_lr_ratio, plateau_patience,
                       plateau_factor)
     history = History()
@@ -487,6 +511,9 @@ def fit(
             ckpt.load_state(copy.deepcopy(flow), best, str(folder / ckpt.STATE_FILE))
         best_state = best or None
         try:
+            if average is not None:
+                average.load({k[len("ema."):]: v for k, v in tensors.items()
+                              if k.startswith("ema.")}, meta["ema_updates"])
             ckpt.set_optimizer_state(optimizer, tensors, meta["optimizer"])
             sched.load(meta["schedule"])
             history = History.from_dict(meta["history"])
@@ -532,6 +559,9 @@ def fit(
         meta = {"fingerprint": fingerprint, "optimizer": groups, "schedule": sched.state(),
                 "history": history.to_dict(), "state": state, "rng": rng_meta,
                 "total_steps": steps}
+        if average is not None:
+            tensors.update({f"ema.{k}": v for k, v in average.state().items()})
+            meta["ema_updates"] = average.updates
         ckpt.write_tensors(folder / ckpt.STATE_FILE, tensors, meta)
         if getattr(flow, "config", None) is not None:
             ckpt.save(flow, folder, extra=checkpoint_extra)
@@ -540,14 +570,17 @@ def fit(
     def validate() -> bool:
         """Validate; return True if training should stop early."""
         nonlocal best_state
-        value = _evaluate(flow, val_source, val_batch_size)
-        value = ddp.broadcast_float(value)
+        with contextlib.nullcontext() if average is None else average.applied():
+            value = _evaluate(flow, val_source, val_batch_size)
+            value = ddp.broadcast_float(value)
+            improved = history.best_val_nll is None or value < history.best_val_nll
+            if improved:
+                best_state = _clone_state(flow)
         history.val_nll.append(value)
         history.val_step.append(state["step"])
         sched.validated(value)
-        if history.best_val_nll is None or value < history.best_val_nll:
+        if improved:
             history.best_val_nll, history.best_step = value, state["step"]
-            best_state = _clone_state(flow)
             state["stalled"] = 0
         else:
             state["stalled"] += 1
@@ -586,14 +619,11 @@ def fit(
                 x, ctx = _to(x, like), None if ctx is None else _to(ctx, like)
 
                 try:
-                    nll = -model(x, ctx).mean()
+                    loss, nll = objective.loss(flow, model, x, ctx)
                 except NonFiniteResult:
                     # A NaN log-density (validation on): skipped below like a NaN loss.
                     nll = torch.full((), math.nan, dtype=x.dtype, device=x.device)
-                loss = nll
-                extra = regularization(flow)
-                if extra is not None:
-                    loss = loss + extra
+                    loss = nll
                 flags = torch.stack([nll.detach().double(),
                                      (~torch.isfinite(loss.detach())).double(),
                                      torch.tensor(float(signals.received is not None),
@@ -603,6 +633,8 @@ def fit(
                 if finite:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if ddp.is_active() and not objective.uses_model_forward:
+                        _average_gradients(params, world)
                     norm = torch.nn.utils.clip_grad_norm_(
                         params, clip_grad if clip_grad is not None else float("inf")
                     )
@@ -611,7 +643,10 @@ def fit(
                     for group in optimizer.param_groups:
                         group["lr"] = sched.lr(state["step"])
                     optimizer.step()
-                    _log_evaluations(flow, history)
+                    if average is not None:
+                        average.update()
+                    if objective.uses_model_forward:
+                        _log_evaluations(flow, history)
                     value = float(flags[0]) / world
                     history.step_nll.append(value)
                     state["epoch_sum"] += value
@@ -661,6 +696,8 @@ def fit(
             close_epoch()
             if val_source is not None and restore_best and best_state is not None:
                 flow.load_state_dict(best_state)
+            elif average is not None:
+                average.copy_to_module()
             save_checkpoint()
     finally:
         if bar is not None:
