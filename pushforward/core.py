@@ -11,13 +11,13 @@ computed in one inverse pass.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from pushforward import _validation as _v
+from pushforward._flow_distribution import FlowDistribution
 
 __all__ = ["Transform", "Chain", "Inverse", "BaseDistribution", "Flow", "FlowDistribution"]
 
@@ -404,61 +404,14 @@ class Flow(nn.Module):
         return self.rsample_and_log_prob(n, context, temperature)[0]
 
     def distribution(self, context: Tensor | None = None) -> FlowDistribution:
-        """This flow as a ``torch.distributions.Distribution`` (batch ``(B,)`` with context)."""
+        """This flow as a ``torch.distributions.Distribution`` (batch ``(B,)`` with context).
+
+        ``sample``, ``rsample``, ``log_prob`` and ``expand`` follow the ``torch.distributions``
+        shape rules; ``mean``, ``entropy``, ``cdf``... raise ``NotImplementedError`` (no closed
+        form: estimate them from samples).
+        """
         return FlowDistribution(self, context)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Same as ``log_prob`` (so DDP and hooks see a forward)."""
         return self.log_prob(x, context)
-
-
-class FlowDistribution(torch.distributions.Distribution):
-    """A ``torch.distributions.Distribution`` view of a ``Flow`` (optionally at a fixed context).
-
-    With a context of shape ``(B, C)`` the batch shape is ``(B,)``; ``log_prob`` accepts values
-    of shape ``(*sample_shape, *batch_shape, *event_shape)``.
-    """
-
-    arg_constraints: dict = {}
-    has_rsample = True
-
-    def __init__(self, flow: Flow, context: Tensor | None = None) -> None:
-        if context is not None and _v.is_validating():
-            _v.check_context(context, flow.context_features, None, "Flow.distribution")
-        self.flow = flow
-        self.context = context
-        batch_shape = torch.Size(() if context is None else (context.shape[0],))
-        super().__init__(batch_shape, torch.Size(flow.event_shape), validate_args=False)
-
-    @property
-    def support(self) -> torch.distributions.constraints.Constraint:
-        return torch.distributions.constraints.independent(
-            torch.distributions.constraints.real, len(self.event_shape)
-        )
-
-    def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
-        sample_shape = torch.Size(sample_shape)
-        n = math.prod(sample_shape)
-        x = self.flow.rsample(n, self.context)
-        return x.reshape(*sample_shape, *self.batch_shape, *self.event_shape)
-
-    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        tail = (*self.batch_shape, *self.event_shape)
-        if not isinstance(value, Tensor):
-            raise TypeError(f"FlowDistribution.log_prob: value must be a torch.Tensor, got "
-                            f"{type(value).__name__}")
-        if tuple(value.shape[value.dim() - len(tail):]) != tail:
-            raise ValueError(
-                f"FlowDistribution.log_prob: value shape {tuple(value.shape)} must end with "
-                f"batch and event shape {tail}"
-            )
-        lead = value.shape[: value.dim() - len(tail)]
-        flat = value.reshape(-1, *self.event_shape)
-        context = None
-        if self.context is not None:
-            context = self.context.repeat(math.prod(lead), 1)
-        return self.flow.log_prob(flat, context).reshape(*lead, *self.batch_shape)
