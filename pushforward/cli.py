@@ -333,7 +333,13 @@ def _resolve_train_args(args: argparse.Namespace) -> tuple[dict[str, Any], Path,
                         f"{out} ({stored[key]}); resume with the same settings"
                     )
         else:
-            _say(f"no checkpoint in {out} to resume; starting from scratch", err=True)
+            # Asked to resume, got nothing to resume: an error, not a silent fresh run.
+            where = f"the folder {out} does not exist" if not out.exists() else (
+                f"the folder {out} holds no checkpoint ({STATE_FILE} and {CONFIG_FILE})")
+            raise CommandError(
+                f"--resume: nothing to resume, {where}; check --out, or drop --resume to "
+                "start a new run"
+            )
     settings = {"dataset": DEFAULT_DATASET, "flow": DEFAULT_FLOW, "batch_size": DEFAULT_BATCH,
                 "lr": DEFAULT_LR, "seed": 0, "manifold": None, "preprocess": "logit",
                 "schedule": "cosine", "clip_grad": 5.0, "val_every": None, "patience": None,
@@ -494,10 +500,10 @@ def _run_sample(args: argparse.Namespace) -> int:
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(args.seed)
         x = flow.sample(args.n, temperature=args.temperature)
-    array = x.double().cpu().numpy()
+    array = x.cpu().numpy()  # the model's dtype (float32 model -> float32 .npy)
     what = ""
     if config.get("kind") == "sphere":
-        array = unit_to_latlon(array)
+        array = unit_to_latlon(array).astype(array.dtype)
         what = " as latitude, longitude (degrees)"
     elif config.get("kind") == "image":
         what = ", pixel intensities in [0, 1]"
