@@ -4,7 +4,16 @@ Forward is the generative direction ``z -> x``; every transform returns its per-
 ``log|det|``; a ``Flow`` pushes a base distribution through a transform.
 """
 
-from pushforward import continuous, diagnostics, distributions, flows, manifolds, nn, transforms
+from pushforward import (
+    compression,
+    continuous,
+    diagnostics,
+    distributions,
+    flows,
+    manifolds,
+    nn,
+    transforms,
+)
 from pushforward._validation import (
     InputOutsideDomain,
     is_validating,
@@ -49,4 +58,5 @@ __all__ = [
     "load_dataset",
     "manifolds",
     "continuous",
+    "compression",
 ]

@@ -11,6 +11,7 @@ from pushforward.transforms.coupling import (
 )
 from pushforward.transforms.elementwise import Affine, Logit, Sigmoid
 from pushforward.transforms.images import Flatten, MultiScale, Squeeze
+from pushforward.transforms.integer import IntegerCoupling
 from pushforward.transforms.linear import (
     InvertibleConv1x1,
     LULinear,
@@ -43,6 +44,7 @@ __all__ = [
     "Coupling",
     "AdditiveCoupling",
     "AffineCoupling",
+    "IntegerCoupling",
     "coupling_mask",
     "Squeeze",
     "Flatten",
