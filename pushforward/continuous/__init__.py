@@ -4,12 +4,15 @@
 ``dz/dt = field(t, z, context)`` from 0 to ``t1`` together with ``∫ tr(∂f/∂z) dt``;
 ``exact_trace`` / ``hutchinson_trace`` compute the divergence; ``TimeMLP`` is the default
 time-conditioned field; ``AugmentedFlow`` turns a flow on ``[x, a]`` into a model of ``x``
-(importance-weighted bound). Only ``solvers.py`` talks to torchdiffeq.
+(importance-weighted bound); ``CondOTPath`` / ``VPPath`` are the conditional probability paths
+flow matching trains on (``pushforward.fit(..., objective="flow-matching")``). Only
+``solvers.py`` talks to torchdiffeq.
 """
 
 from pushforward.continuous.augment import AugmentedFlow
 from pushforward.continuous.cnf import CNF, TRACES
 from pushforward.continuous.fields import ConcatSquash, TimeMLP
+from pushforward.continuous.paths import CondOTPath, ProbabilityPath, VPPath
 from pushforward.continuous.solvers import METHODS, default_tolerances, solve
 from pushforward.continuous.traces import NOISES, exact_trace, hutchinson_trace, sample_noise
 
@@ -18,6 +21,9 @@ __all__ = [
     "AugmentedFlow",
     "TimeMLP",
     "ConcatSquash",
+    "ProbabilityPath",
+    "CondOTPath",
+    "VPPath",
     "exact_trace",
     "hutchinson_trace",
     "sample_noise",

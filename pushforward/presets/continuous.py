@@ -43,6 +43,8 @@ def CNF(
     augment: int = 0,
     q: str = "learned",
     samples: int = 1,
+    steps: int | None = None,
+    path: str = "cond-ot",
 ) -> Flow:
     """Continuous normalizing flow (FFJORD): ``transforms`` neural-ODE blocks on ``N(0, I)``.
 
@@ -65,7 +67,8 @@ def CNF(
         t1: integration time of each block.
         rtol: solver relative tolerance.
         atol: solver absolute tolerance.
-        method: torchdiffeq solver.
+        method: torchdiffeq solver: adaptive (``dopri5``) or fixed-grid (``rk4``, ``euler``,
+            ``midpoint``) with ``steps``.
         adjoint: adjoint-method gradients (constant memory).
         kinetic: RNODE kinetic-energy weight ``λ_K`` (e.g. 0.01).
         jacobian: RNODE Jacobian-Frobenius weight ``λ_J`` (e.g. 0.01).
@@ -73,6 +76,12 @@ def CNF(
             the importance-weighted lower bound with ``samples`` draws of ``a ~ q``.
         q: the augmentation's distribution, ``"learned"`` diagonal Gaussian or ``"fixed"``.
         samples: ``K`` importance samples per point (augmented flows only).
+        steps: equal steps of a fixed-grid ``method`` over ``[0, t1]`` (None with an adaptive
+            one). Any solve can also switch solver for a while:
+            ``with flow.transform.solver(method="rk4", steps=20): flow.sample(n)``.
+        path: the conditional path of flow matching (``pf.fit(..., objective=
+            "flow-matching")``): ``"cond-ot"`` (straight lines) or ``"vp"``
+            (variance-preserving).
 
     Example:
         >>> import torch, pushforward as pf
@@ -102,6 +111,8 @@ def CNF(
             jacobian=jacobian,
             augment=augment,
             context_features=context,
+            steps=steps,
+            path=path,
         )
         for _ in range(transforms)
     ]

@@ -1,4 +1,4 @@
-"""Training: maximum likelihood and reverse KL, checkpoints without pickle, DDP under torchrun."""
+"""Training: maximum likelihood, flow matching, reverse KL; checkpoints without pickle; DDP."""
 
 from pushforward.training import distributed
 from pushforward.training.checkpoint import load, load_checkpoint, save
@@ -8,6 +8,7 @@ from pushforward.training.compiled import (
     compiler_available,
 )
 from pushforward.training.fit import History, TrainingDiverged, fit, fit_reverse_kl, regularization
+from pushforward.training.objectives import FlowMatching, MaximumLikelihood, Objective
 
 __all__ = [
     "fit",
@@ -15,6 +16,9 @@ __all__ = [
     "History",
     "TrainingDiverged",
     "regularization",
+    "Objective",
+    "MaximumLikelihood",
+    "FlowMatching",
     "save",
     "load",
     "load_checkpoint",
