@@ -30,7 +30,18 @@ def _jsonable(value: Any) -> Any:
 
 
 def register(name: str) -> Callable[[Preset], Preset]:
-    """Register a preset under ``name`` (case-insensitive); its flows record their options."""
+    """Register a preset under ``name`` (case-insensitive); its flows record their options.
+
+    Args:
+        name: the registry key (stored lower-case; ``build`` and ``--flow`` look it up).
+
+    Returns:
+        A decorator that registers the preset function and returns a wrapper which binds the
+        call's options (defaults included) and stores them in ``flow.config``.
+
+    Raises:
+        ValueError: another preset function is already registered under ``name``.
+    """
 
     def decorate(fn: Preset) -> Preset:
         signature = inspect.signature(fn)
@@ -62,15 +73,38 @@ def register(name: str) -> Callable[[Preset], Preset]:
 
 
 def names() -> list[str]:
-    """The registered preset names."""
+    """The registered preset names.
+
+    Returns:
+        The names, sorted (``build(name, ...)`` and the CLI's ``--flow`` accept each).
+
+    Example:
+        >>> import pushforward as pf
+        >>> "nsf" in pf.flows.names()
+        True
+    """
     return sorted(_REGISTRY)
 
 
 def build(name: str, **options: Any) -> Flow:
     """Build the preset called ``name`` (case-insensitive) with ``options``.
 
+    Args:
+        name: a name from ``names()``.
+        **options: the preset's arguments (``features=``, ``context=``, ``shape=``, and its
+            options; see the presets page of the documentation).
+
+    Returns:
+        The ``Flow``, with ``flow.config == {"flow": name, "options": {...}}``.
+
     Raises:
         ValueError: no preset has that name (the message lists the known ones).
+
+    Example:
+        >>> import pushforward as pf
+        >>> flow = pf.flows.build("maf", features=2, transforms=2, hidden=(8,))
+        >>> flow.config["flow"], flow.config["options"]["transforms"]
+        ('maf', 2)
     """
     try:
         preset = _REGISTRY[name.lower()]
@@ -81,6 +115,12 @@ def build(name: str, **options: Any) -> Flow:
 
 def config_of(flow: Flow) -> dict[str, Any]:
     """The ``{"flow": name, "options": {...}}`` record of a preset-built flow.
+
+    Args:
+        flow: the flow.
+
+    Returns:
+        The record, with every option (defaults included) as JSON-compatible values.
 
     Raises:
         ValueError: the flow was not built by a registered preset.

@@ -24,7 +24,18 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 
 def activation(name: str | Callable[[], nn.Module]) -> nn.Module:
-    """An activation module from its name (relu, elu, gelu, silu, tanh, softplus) or a factory."""
+    """An activation module from its name (relu, elu, gelu, silu, tanh, softplus) or a factory.
+
+    Args:
+        name: ``"relu"``, ``"elu"``, ``"gelu"``, ``"silu"``, ``"tanh"``, ``"softplus"``, or a
+            zero-argument callable returning a module.
+
+    Returns:
+        A new activation module.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
     if callable(name) and not isinstance(name, str):
         return name()
     try:
@@ -81,7 +92,15 @@ class MLP(nn.Sequential):
 
 
 def with_context(x: Tensor, context: Tensor | None) -> Tensor:
-    """Concatenate a context to the features: ``[x, context]`` along the last dimension."""
+    """Concatenate a context to the features: ``[x, context]`` along the last dimension.
+
+    Args:
+        x: the features, ``(batch, d)``.
+        context: ``(batch, c)`` or None.
+
+    Returns:
+        ``(batch, d + c)``, or ``x`` itself when ``context`` is None.
+    """
     return x if context is None else torch.cat([x, context.to(x.dtype)], dim=-1)
 
 

@@ -192,6 +192,15 @@ def save(flow: Flow, path: str | os.PathLike, extra: dict[str, Any] | None = Non
     Writes ``model.safetensors`` then ``config.json``, each atomically. ``extra`` adds JSON keys to
     the config (the CLI records its dataset and arguments there).
 
+    Args:
+        flow: a flow built by a registered preset (``flow.config`` records how to rebuild it),
+            possibly wrapped with pre-processing layers (``pf.data.preprocess.wrap``).
+        path: the output folder.
+        extra: extra JSON keys for ``config.json``.
+
+    Returns:
+        The folder, as a ``Path``.
+
     Raises:
         ValueError: the flow was not built by a registered preset, its config is not JSON, or
             its weights hold NaN/inf (a diverged model is never written over a good one).
@@ -269,7 +278,18 @@ def load_state(flow: Flow, state: dict[str, Tensor], source: str) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[Flow, dict[str, Any]]:
-    """``load`` that also returns the checkpoint's config (with the CLI's extra keys)."""
+    """``load`` that also returns the checkpoint's config (with the CLI's extra keys).
+
+    Args:
+        path: a folder written by ``save``.
+
+    Returns:
+        ``(flow, config)``: the flow as ``load`` returns it, and the parsed ``config.json``.
+
+    Raises:
+        FileNotFoundError: the folder or its files are missing.
+        ValueError: corrupt, truncated, tampered, wrong-shape or wrong-config checkpoint.
+    """
     folder = Path(path)
     config = read_config(folder)
     tensors, stored = read_tensors(folder / MODEL_FILE)
@@ -288,9 +308,23 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Flow, dict[str, Any]]:
 def load(path: str | os.PathLike) -> Flow:
     """Load a flow saved by ``save`` (never unpickles), in eval mode.
 
+    Args:
+        path: a folder written by ``save`` (or by ``pushforward train``).
+
+    Returns:
+        The rebuilt flow with its weights, in eval mode.
+
     Raises:
         FileNotFoundError: the folder or its files are missing.
         ValueError: corrupt, truncated, tampered, wrong-shape or wrong-config checkpoint.
+
+    Example:
+        >>> import tempfile, torch, pushforward as pf
+        >>> flow = pf.flows.MAF(2, transforms=1, hidden=(8,))
+        >>> folder = pf.save(flow, tempfile.mkdtemp())
+        >>> x = torch.randn(3, 2)
+        >>> torch.equal(pf.load(folder).log_prob(x), flow.eval().log_prob(x))
+        True
     """
     return load_checkpoint(path)[0]
 

@@ -28,6 +28,13 @@ def box_bounds(data: Tensor, margin: float = 0.05) -> tuple[list[float], list[fl
     A margin keeps the extreme training points away from the box edge, where the logit is
     infinite; a feature with zero range gets a unit-wide box around its value.
 
+    Args:
+        data: the points, ``(N, d)``.
+        margin: the fraction of each feature's range added on both sides.
+
+    Returns:
+        ``(low, high)``, two lists of ``d`` floats.
+
     Raises:
         ValueError: ``data`` is not ``(N, d)`` with ``N ≥ 1`` finite rows, or ``margin < 0``.
     """

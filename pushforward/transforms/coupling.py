@@ -35,6 +35,9 @@ def coupling_mask(shape: int | Sequence[int], kind: str = "half", flip: bool = F
             channel) or ``"channel"`` (images: the first ``⌈C/2⌉`` channels; vectors: as half).
         flip: swap the two parts (use alternately in a stack so every element gets transformed).
 
+    Returns:
+        A boolean tensor of shape ``shape``.
+
     Raises:
         ValueError: unknown kind, or a checkerboard on a non-image shape.
     """
