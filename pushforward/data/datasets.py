@@ -52,12 +52,28 @@ _DESCRIPTIONS = {
 
 
 def datasets() -> dict[str, str]:
-    """The built-in dataset names and a one-line description of each."""
+    """The built-in dataset names and a one-line description of each.
+
+    Returns:
+        ``{name: description}`` for the toys, ``digits``, ``fashion-mnist`` and ``mnist``.
+    """
     return dict(_DESCRIPTIONS)
 
 
 def split_indices(n: int, seed: int, fractions: tuple[float, ...] = FRACTIONS) -> list[Tensor]:
-    """A seeded random partition of ``range(n)`` into parts of the given fractions."""
+    """A seeded random partition of ``range(n)`` into parts of the given fractions.
+
+    Args:
+        n: the number of rows.
+        seed: seeds the permutation.
+        fractions: the parts' shares of ``n`` (the last part takes the rounding remainder).
+
+    Returns:
+        One index tensor per fraction, disjoint, together a permutation of ``range(n)``.
+
+    Raises:
+        ValueError: fewer rows than parts.
+    """
     if n < len(fractions):
         raise ValueError(f"need at least {len(fractions)} rows to split, got {n}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 7919))
@@ -135,9 +151,20 @@ def load_dataset(source: str | os.PathLike, seed: int = 0, manifold: str | None 
             (the flow sees ``u ∈ [0, 1]`` directly).
         size: number of points drawn from a toy density (default 20,000).
 
+    Returns:
+        A ``DataBundle``: the ``train`` / ``val`` / ``test`` tensors, the ``preprocess`` layers to
+        append to a flow (``pf.data.preprocess.wrap``), the data's kind, event shape and
+        pixel levels, and the ``spec`` that rebuilds the bundle.
+
     Raises:
         ValueError: unknown name, bad option, malformed file.
         FileNotFoundError: a named file or IDX dataset is not there.
+
+    Example:
+        >>> import pushforward as pf
+        >>> bundle = pf.load_dataset("moons", seed=0, size=1000)
+        >>> tuple(bundle.train.shape), tuple(bundle.test.shape)
+        ((800, 2), (100, 2))
     """
     key = str(source)
     seed = int(seed)

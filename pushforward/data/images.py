@@ -129,7 +129,12 @@ class DequantizedImages(Dataset):
 
 
 def digits() -> tuple[np.ndarray, np.ndarray, int]:
-    """scikit-learn's bundled 8×8 digits: images ``(1797, 1, 8, 8)`` in ``{0..16}``, labels, 17."""
+    """scikit-learn's bundled 8×8 digits: images ``(1797, 1, 8, 8)`` in ``{0..16}``, labels, 17.
+
+    Returns:
+        ``(images, labels, levels)``: integer images ``(1797, 1, 8, 8)`` with values 0..16,
+        integer labels ``(1797,)`` and the number of levels, 17.
+    """
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -139,6 +144,12 @@ def digits() -> tuple[np.ndarray, np.ndarray, int]:
 
 def load_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzip-compressed or not.
+
+    Args:
+        path: an IDX file (``.gz`` allowed).
+
+    Returns:
+        The array with the file's shape and dtype (images: ``(N, H, W)`` uint8).
 
     Raises:
         ValueError: the file is not a well-formed IDX file.
@@ -196,6 +207,13 @@ def idx_dataset(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | Non
     ``train-images-idx3-ubyte[.gz]`` and/or ``t10k-images-idx3-ubyte[.gz]``, or one IDX images
     file. With both files the official test set is kept as the test split; with one file the
     split is made by seed later (``test`` is None).
+
+    Args:
+        source: a registered name, a folder, or an IDX images file.
+
+    Returns:
+        ``(train, test)``: uint8 arrays ``(N, 1, H, W)``; ``test`` is None when only one file was
+        found.
 
     Raises:
         FileNotFoundError: the files are not there (the message says how to get them).

@@ -25,6 +25,13 @@ def load_csv(path: str | os.PathLike, delimiter: str | None = None) -> np.ndarra
     taken as a header (and dropped); the delimiter (comma, semicolon, tab or spaces) is guessed
     from the first data line unless given.
 
+    Args:
+        path: the file.
+        delimiter: the field separator (None: guessed).
+
+    Returns:
+        The table, a float64 array ``(rows, columns)``.
+
     Raises:
         FileNotFoundError: no such file.
         ValueError: ragged rows, non-numeric or non-finite values, or no data (the message names
@@ -70,6 +77,12 @@ def load_csv(path: str | os.PathLike, delimiter: str | None = None) -> np.ndarra
 def load_npy(path: str | os.PathLike) -> np.ndarray:
     """A numeric array from an ``.npy`` file (never unpickled), as float64 ``(rows, ...)``.
 
+    Args:
+        path: the file.
+
+    Returns:
+        The array as float64, ``(rows, ...)``.
+
     Raises:
         FileNotFoundError: no such file.
         ValueError: not a valid ``.npy`` file, an object array, not numeric, empty or non-finite.
@@ -99,7 +112,18 @@ def load_npy(path: str | os.PathLike) -> np.ndarray:
 
 
 def load_table(path: str | os.PathLike) -> np.ndarray:
-    """``load_csv`` or ``load_npy`` by the file's extension."""
+    """``load_csv`` or ``load_npy`` by the file's extension.
+
+    Args:
+        path: a ``.csv`` or ``.npy`` file.
+
+    Returns:
+        The table as float64 (see ``load_csv`` and ``load_npy``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: another extension, or a malformed file.
+    """
     suffix = Path(path).suffix.lower()
     if suffix == ".npy":
         return load_npy(path)
@@ -112,6 +136,12 @@ def latlon_to_unit(latlon: np.ndarray) -> np.ndarray:
     """Latitude/longitude in degrees ``(N, 2)`` to unit vectors ``(N, 3)`` on S².
 
     ``x = (cos φ cos λ, cos φ sin λ, sin φ)`` for latitude ``φ`` and longitude ``λ``.
+
+    Args:
+        latlon: ``(N, 2)`` latitude, longitude in degrees.
+
+    Returns:
+        ``(N, 3)`` float64 unit vectors.
 
     Raises:
         ValueError: not two columns, or a latitude outside [−90, 90] / longitude outside
@@ -130,8 +160,17 @@ def latlon_to_unit(latlon: np.ndarray) -> np.ndarray:
 
 
 def unit_to_latlon(x: np.ndarray) -> np.ndarray:
-    """Unit vectors ``(N, 3)`` to latitude/longitude in degrees ``(N, 2)`` (longitude in
-    (−180, 180])."""
+    """Unit vectors ``(N, 3)`` to latitude/longitude in degrees ``(N, 2)``.
+
+    The inverse of :func:`latlon_to_unit`: ``φ = asin(x₃)``, ``λ = atan2(x₂, x₁)``, longitude
+    in ``(−180, 180]``.
+
+    Args:
+        x: points on the unit sphere, ``(N, 3)``.
+
+    Returns:
+        ``(N, 2)`` float64 array of latitude, longitude in degrees.
+    """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != 3:
         raise ValueError(f"expected unit vectors (N, 3), got shape {x.shape}")

@@ -138,15 +138,32 @@ TOY_DATASETS: dict[str, Callable[..., np.ndarray]] = {
 
 
 def toy_names() -> list[str]:
-    """Names of the 2-D toy densities."""
+    """Names of the 2-D toy densities.
+
+    Returns:
+        The names, in registry order (``8gaussians``, ``checkerboard``, ...).
+    """
     return list(TOY_DATASETS)
 
 
 def toy(name: str, n: int, seed: int | np.random.Generator | None = None) -> np.ndarray:
     """``n`` points from the toy density ``name``, as a float64 array ``(n, 2)``.
 
+    Args:
+        name: one of ``toy_names()`` (case-insensitive).
+        n: number of points.
+        seed: an integer seed, a NumPy ``Generator``, or None (fresh entropy).
+
+    Returns:
+        A float64 array ``(n, 2)``; ``pf.fit`` accepts it as it is.
+
     Raises:
         ValueError: unknown name or negative ``n``.
+
+    Example:
+        >>> import pushforward as pf
+        >>> pf.data.toy("moons", 5, seed=0).shape
+        (5, 2)
     """
     key = str(name).lower()
     if key not in TOY_DATASETS:
