@@ -88,6 +88,9 @@ def MAF(
         identity_init: start every layer at the identity (zero last conditioner layer) instead
             of at random.
 
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
+
     References:
         Masked Autoregressive Flow for Density Estimation. Papamakarios, Pavlakou, Murray, 2017.
         arXiv:1705.07057.
@@ -136,6 +139,9 @@ def IAF(
         seed: seed of the random orderings.
         identity_init: start every layer at the identity (zero last conditioner layer) instead
             of at random.
+
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
 
     References:
         Improving Variational Inference with Inverse Autoregressive Flow. Kingma, Salimans,
@@ -191,6 +197,9 @@ def NSF(
         seed: seed of the random permutations.
         identity_init: start every layer at the identity (zero last conditioner layer) instead
             of at random.
+
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
 
     References:
         Neural Spline Flows. Durkan, Bekasov, Murray, Papamakarios, 2019. arXiv:1906.04032.

@@ -48,6 +48,9 @@ def Sylvester(  # noqa: N802
         columns: ``M ≤ d`` (default ``d``).
         hidden: hidden widths of the context network.
 
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
+
     References:
         Sylvester Normalizing Flows for Variational Inference, van den Berg et al., 2018,
         arXiv:1803.05649.
@@ -97,6 +100,9 @@ def ResidualFlow(  # noqa: N802
         exact_below: the largest ``d`` for which ``"auto"`` is exact.
         spectral: ``"exact"`` (SVD) or ``"power"`` (power iteration while training).
 
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
+
     References:
         Residual Flows for Invertible Generative Modeling, Chen et al., 2019, arXiv:1906.02735.
 
@@ -136,6 +142,9 @@ def NAF(  # noqa: N802
         transforms: number of NAF layers.
         components: sigmoids per feature.
         hidden: MADE hidden widths.
+
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
 
     References:
         Neural Autoregressive Flows, Huang et al., 2018, arXiv:1804.00779.

@@ -83,6 +83,10 @@ def CNF(
             "flow-matching")``): ``"cond-ot"`` (straight lines) or ``"vp"``
             (variance-preserving).
 
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base; with ``augment > 0`` an ``AugmentedFlow``
+        (``log_prob`` is then an importance-weighted lower bound).
+
     Example:
         >>> import torch, pushforward as pf
         >>> flow = pf.flows.CNF(2, hidden=(16, 16))

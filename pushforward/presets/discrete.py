@@ -102,6 +102,9 @@ def Planar(
         hidden: hidden widths of the context networks.
         activation: activation of the context networks.
 
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
+
     References:
         Variational Inference with Normalizing Flows, Rezende & Mohamed, 2015, arXiv:1505.05770.
 
@@ -137,6 +140,9 @@ def Radial(
         transforms: the number of radial layers.
         hidden: hidden widths of the context networks.
         activation: activation of the context networks.
+
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
 
     References:
         Variational Inference with Normalizing Flows, Rezende & Mohamed, 2015, arXiv:1505.05770.
@@ -181,6 +187,9 @@ def NICE(
         mask: ``"alternating"`` (even/odd features) or ``"half"`` (first/second half).
         activation: activation of the conditioners.
         identity_init: start every coupling at the identity (zero last conditioner layer).
+
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
 
     References:
         NICE: Non-linear Independent Components Estimation, Dinh, Krueger & Bengio, 2014,
@@ -263,6 +272,9 @@ def RealNVP(
         activation: activation of the conditioners.
         identity_init: start every coupling at the identity (zero last conditioner layer);
             None: images do (conv conditioners, as in Glow), vectors start at random.
+
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
 
     References:
         Density estimation using Real NVP, Dinh, Sohl-Dickstein & Bengio, 2016,
@@ -367,6 +379,9 @@ def Glow(
         activation: activation of the conditioners.
         identity_init: start every coupling at the identity (zero last conditioner layer);
             None: images do (conv conditioners, as in Glow), vectors start at random.
+
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
 
     References:
         Glow: Generative Flow with Invertible 1x1 Convolutions, Kingma & Dhariwal, 2018,

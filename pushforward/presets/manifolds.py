@@ -55,6 +55,10 @@ def SphericalFlow(
         init_scale: spread of the initial matrices around the identity.
         seed: seed of the initial matrices and mixture means.
 
+    Returns:
+        A ``Flow`` on the sphere whose base is ``UniformSphere``, ``VonMisesFisher`` or
+        ``VonMisesFisherMixture`` (``base=``).
+
     Example:
         >>> import torch
         >>> flow = SphericalFlow(3, transforms=2)
