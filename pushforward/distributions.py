@@ -81,6 +81,9 @@ class DiagonalNormal(BaseDistribution):
     """``N(μ, diag σ²)`` with learnable ``μ`` and ``log σ`` (initialised to 0: standard normal).
 
     ``log p(z) = Σ_i [−½((z_i − μ_i)/σ_i)² − log σ_i − ½ log 2π]``.
+
+    Args:
+        shape: number of features or the event shape.
     """
 
     def __init__(self, shape: int | Sequence[int]) -> None:

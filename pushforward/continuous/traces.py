@@ -29,6 +29,9 @@ def sample_noise(like: Tensor, kind: str = "gaussian") -> Tensor:
         like: a tensor whose shape, dtype and device the noise copies.
         kind: ``"gaussian"`` (``N(0, I)``) or ``"rademacher"`` (``±1`` with probability ½).
 
+    Returns:
+        ``ε`` with the shape, dtype and device of ``like``.
+
     Raises:
         ValueError: an unknown kind.
     """

@@ -47,6 +47,12 @@ def negative_log_likelihood(
 ) -> Tensor:
     """``−log p(x)`` per sample, in chunks of ``batch_size``, without gradients, in eval mode.
 
+    Args:
+        flow: the model.
+        x: data ``(N, *event)``.
+        context: ``(N, context_features)`` for a conditional flow.
+        batch_size: points per chunk.
+
     Returns:
         ``(N,)`` in the flow's dtype (on its device).
     """

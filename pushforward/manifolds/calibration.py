@@ -244,6 +244,10 @@ def compose_calibrations(
     first, as in ``Chain([inner, outer])``); a :class:`Calibration` counts as ``A = a⁻¹I``.
     ``A₁A₂1 = λ₁λ₂1``, so the product satisfies the constraint.
 
+    Args:
+        outer: the map applied second.
+        inner: the map applied first.
+
     Raises:
         TypeError: an argument is not a (generalised) calibration.
         ValueError: dimensions differ, or a map is context-conditional (no single parameter).

@@ -37,6 +37,17 @@ def sample_vmf(mean: Tensor, concentration: Tensor) -> Tensor:
     Wood's (1994) rejection sampler for the component ``w = μᵀx`` (run in float64: ``w`` sits
     within ``1/κ`` of 1 for large ``κ``), a uniform direction on the orthogonal ``𝕊ⁿ⁻²``, and a
     Householder reflection taking the last axis to ``μ``. Differentiable in ``mean`` only.
+
+    Args:
+        mean: unit mean directions ``μ``, ``(N, n)``.
+        concentration: ``κ > 0`` per row, ``(N,)``.
+
+    Returns:
+        ``(N, n)`` points on the sphere, one per row of ``mean``.
+
+    Raises:
+        ValueError: a non-finite or non-positive concentration.
+        RuntimeError: the rejection sampler did not converge (not observed in the tests).
     """
     count, n = mean.shape
     kappa = concentration.detach().double()

@@ -128,6 +128,9 @@ def volume_ratio_reference(manifold: object) -> Callable:
     manifold.dim)``: the log volume ratio of the transform's forward map at the base-side
     points ``z`` (which must lie on the manifold).
 
+    Args:
+        manifold: a ``Sphere`` or ``Simplex`` (anything with ``project`` and ``dim``).
+
     Example:
         >>> import torch
         >>> from pushforward.diagnostics import check_transform

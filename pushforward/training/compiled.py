@@ -24,7 +24,11 @@ __all__ = ["compile_log_prob", "compile_train_step", "compiler_available"]
 
 
 def compiler_available() -> bool:
-    """Whether the default Inductor backend can compile on this machine (a C compiler exists)."""
+    """Whether the default Inductor backend can compile on this machine (a C compiler exists).
+
+    Returns:
+        True when a C compiler for Inductor is found; the compiled tests skip otherwise.
+    """
     import shutil
 
     if not hasattr(torch, "compile"):

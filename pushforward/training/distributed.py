@@ -32,17 +32,29 @@ __all__ = [
 
 
 def launched() -> bool:
-    """Whether this process was started by ``torchrun`` with more than one process."""
+    """Whether this process was started by ``torchrun`` with more than one process.
+
+    Returns:
+        True under ``torchrun`` with ``WORLD_SIZE > 1``.
+    """
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
 def is_active() -> bool:
-    """Whether a process group is initialised."""
+    """Whether a process group is initialised.
+
+    Returns:
+        True once ``init`` has joined a process group.
+    """
     return dist.is_available() and dist.is_initialized()
 
 
 def init(backend: str | None = None, timeout_s: float = 1800.0) -> bool:
     """Join the process group described by torchrun's environment (no-op if not launched).
+
+    Args:
+        backend: ``"nccl"`` or ``"gloo"``; None: NCCL when CUDA is available, else gloo.
+        timeout_s: the process group's timeout in seconds.
 
     Returns:
         True if a process group is active afterwards.
@@ -66,17 +78,29 @@ def shutdown() -> None:
 
 
 def rank() -> int:
-    """This process's rank (0 without a process group)."""
+    """This process's rank (0 without a process group).
+
+    Returns:
+        The global rank.
+    """
     return dist.get_rank() if is_active() else 0
 
 
 def world_size() -> int:
-    """The number of processes (1 without a process group)."""
+    """The number of processes (1 without a process group).
+
+    Returns:
+        The world size.
+    """
     return dist.get_world_size() if is_active() else 1
 
 
 def is_main() -> bool:
-    """Whether this is rank 0 (the one that writes files and prints)."""
+    """Whether this is rank 0 (the one that writes files and prints).
+
+    Returns:
+        True on rank 0 (and without a process group).
+    """
     return rank() == 0
 
 
@@ -87,7 +111,11 @@ def barrier() -> None:
 
 
 def device() -> torch.device:
-    """The device of this rank: ``cuda:LOCAL_RANK`` under NCCL, else CPU."""
+    """The device of this rank: ``cuda:LOCAL_RANK`` under NCCL, else CPU.
+
+    Returns:
+        ``torch.device("cuda", LOCAL_RANK)`` under NCCL, else ``torch.device("cpu")``.
+    """
     if is_active() and dist.get_backend() == "nccl":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
@@ -98,7 +126,15 @@ def _comm_device() -> torch.device:
 
 
 def all_reduce_sum(values: Tensor) -> Tensor:
-    """Sum ``values`` over ranks (identity without a process group)."""
+    """Sum ``values`` over ranks (identity without a process group).
+
+    Args:
+        values: a tensor, the same shape on every rank.
+
+    Returns:
+        The element-wise sum over ranks, detached and in float64 (``values`` itself without a
+        process group).
+    """
     if not is_active():
         return values
     out = values.detach().to(_comm_device(), torch.float64).clone()
@@ -107,7 +143,15 @@ def all_reduce_sum(values: Tensor) -> Tensor:
 
 
 def broadcast_float(value: float, src: int = 0) -> float:
-    """Rank ``src``'s ``value`` on every rank."""
+    """Rank ``src``'s ``value`` on every rank.
+
+    Args:
+        value: this rank's value.
+        src: the rank whose value is sent.
+
+    Returns:
+        ``src``'s value.
+    """
     if not is_active():
         return value
     t = torch.tensor([value], dtype=torch.float64, device=_comm_device())

@@ -225,6 +225,12 @@ class AdditiveCoupling(Coupling):
 
     Inverse ``z_B = x_B − m(x_A)``. A ``Coupling`` with the additive map; arguments as there.
 
+    Args:
+        mask: boolean, ``True`` on the part ``A`` that passes through (see ``coupling_mask``).
+        context: width of the context the conditioner reads (0: unconditional).
+        **options: ``Coupling``'s other arguments (``conditioner``, ``hidden``, ``activation``,
+            ``blocks``, ``identity_init``) and the map's (``bound`` for the affine one).
+
     References:
         NICE: Non-linear Independent Components Estimation, Dinh, Krueger & Bengio, 2014,
         arXiv:1410.8516.
@@ -240,6 +246,12 @@ class AffineCoupling(Coupling):
     Inverse ``z_B = (x_B − t(x_A)) ⊙ exp(−s(x_A))``. The log-scale is soft-clamped,
     ``s = B·tanh(ŝ/B)`` (``bound=B``, default 3), so no conditioner output can overflow. A
     ``Coupling`` with the affine map; arguments as there.
+
+    Args:
+        mask: boolean, ``True`` on the part ``A`` that passes through (see ``coupling_mask``).
+        context: width of the context the conditioner reads (0: unconditional).
+        **options: ``Coupling``'s other arguments (``conditioner``, ``hidden``, ``activation``,
+            ``blocks``, ``identity_init``) and the map's (``bound`` for the affine one).
 
     References:
         Density estimation using Real NVP, Dinh, Sohl-Dickstein & Bengio, 2016,

@@ -134,6 +134,11 @@ class Logit(Inverse):
     """Unbounded from a box: ``x = logit((z − l)/(h − l))``, the inverse of ``Sigmoid(l, h)``.
 
     ``ladj = −Σ [log(h − l) + log u + log(1 − u)]``, ``u = (z − l)/(h − l)``.
+
+    Args:
+        low: the box's lower corner ``l`` (a float or a tensor broadcast to ``shape``).
+        high: the box's upper corner ``h > l``.
+        shape: the event shape (inferred from tensor bounds if None).
     """
 
     def __init__(

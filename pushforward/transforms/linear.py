@@ -43,14 +43,25 @@ class Permutation(Transform):
 
 
 class Reverse(Permutation):
-    """Reverse the order of the features: ``x_i = z_{d−1−i}`` (``ladj = 0``)."""
+    """Reverse the order of the features: ``x_i = z_{d−1−i}`` (``ladj = 0``).
+
+    Args:
+        features: the number of features ``d`` (of the flattened event).
+        shape: the event shape, when it is not ``(features,)``.
+    """
 
     def __init__(self, features: int, shape: Sequence[int] | None = None) -> None:
         super().__init__(torch.arange(int(features) - 1, -1, -1), shape)
 
 
 class RandomPermutation(Permutation):
-    """A fixed random permutation drawn from ``seed`` (``ladj = 0``)."""
+    """A fixed random permutation drawn from ``seed`` (``ladj = 0``).
+
+    Args:
+        features: the number of features ``d`` (of the flattened event).
+        seed: seed of the permutation.
+        shape: the event shape, when it is not ``(features,)``.
+    """
 
     def __init__(
         self, features: int, seed: int = 0, shape: Sequence[int] | None = None
@@ -149,6 +160,10 @@ class InvertibleConv1x1(LULinear):
     """Glow's invertible 1×1 convolution on ``(C, H, W)`` images, LU-parametrised.
 
     Per pixel ``x_ij = W z_ij + b``; ``ladj = H·W·Σ log|u_ii|``; inverse by triangular solves.
+
+    Args:
+        shape: the image shape ``(C, H, W)``.
+        matrix: an initial invertible ``C × C`` matrix ``W`` (default: a random rotation).
     """
 
     def __init__(self, shape: Sequence[int], matrix: Tensor | None = None) -> None:
