@@ -109,3 +109,36 @@ def on_config(config: Any) -> Any:
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     """Render ```` ```python notest ```` fences as ordinary Python blocks."""
     return _NOTEST.sub(r"\g<fence>", markdown)
+
+
+def incomplete_docstrings(root: str = "pushforward") -> list[str]:
+    """Public functions and classes whose docstring lacks ``Args`` or ``Returns``.
+
+    A parameter (other than ``self``, ``*args``, ``**kwargs``) missing from ``Args:`` (or, for a
+    class, from ``Args:`` / ``Attributes:``) is reported as ``"name: no Args for p"``; a function
+    whose return annotation is not None without ``Returns:`` / ``Yields:`` as
+    ``"name: no Returns"``.
+    """
+    problems = []
+    seen: set[int] = set()
+    for module, name, obj in public_names(root):
+        if not (inspect.isclass(obj) or inspect.isroutine(obj)) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        doc = inspect.cleandoc(obj.__doc__ or "")
+        documented = set(re.findall(r"^ {4}\*{0,2}(\w+)(?: \(.*?\))?:", doc, re.M))
+        try:
+            signature = inspect.signature(obj)
+        except (TypeError, ValueError):
+            continue
+        skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        for parameter in signature.parameters.values():
+            if parameter.name == "self" or parameter.kind in skip:
+                continue
+            if parameter.name not in documented:
+                problems.append(f"{module}.{name}: no Args for {parameter.name}")
+        returns = signature.return_annotation
+        if inspect.isroutine(obj) and returns not in (None, "None", inspect.Signature.empty):
+            if not re.search(r"^(Returns|Yields):", doc, re.M):
+                problems.append(f"{module}.{name}: no Returns")
+    return problems

@@ -47,7 +47,8 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
 
 
 def test_extractor_reads_fences_and_skips_notest():
-    text = "a\n```python\nx = 1\n```\n\n```python notest\nraise SystemExit\n```\n```bash\nls\n```\n"
+    text = ("a\n```python\nx = 1\n```\n\n```python notest\nraise SystemExit\n```\n"
+            "```bash\nls\n```\n")
     assert python_blocks(text) == [(3, "x = 1")]
 
 
@@ -77,6 +78,41 @@ def test_code_blocks_run(page, tmp_path, monkeypatch):
 def test_every_public_name_has_a_docstring():
     pytest.importorskip("griffe")
     assert _hooks().missing_docstrings() == []
+
+
+# Public names whose docstrings lack Args/Returns, in modules other people were editing when this
+# test was written (issue 20). The list may only shrink: an entry that is fixed fails the test
+# until it is removed here, and a new public name must be complete.
+KNOWN_INCOMPLETE = {
+    "pushforward.Chain: no Args for transforms",
+    "pushforward.Inverse: no Args for transform",
+    "pushforward.set_validation: no Args for enabled",
+    "pushforward.validation: no Args for enabled",
+    "pushforward.validation: no Returns",
+    "pushforward.is_validating: no Returns",
+    "pushforward.fit: no Args for min_lr_ratio",
+    "pushforward.fit: no Args for plateau_patience",
+    "pushforward.fit: no Args for plateau_factor",
+    "pushforward.History: no Args for best_val_nll",
+    "pushforward.History: no Args for best_step",
+    "pushforward.flows.IDF: no Returns",
+    "pushforward.flows.SphereCNF: no Returns",
+    "pushforward.training.regularization: no Args for flow",
+    "pushforward.training.regularization: no Returns",
+    "pushforward.continuous.default_tolerances: no Args for dtype",
+    "pushforward.continuous.default_tolerances: no Returns",
+    "pushforward.compression.information_content: no Args for flow",
+    "pushforward.compression.information_content: no Args for images",
+    "pushforward.compression.information_content: no Returns",
+    "pushforward.compression.model_checksum: no Args for flow",
+    "pushforward.compression.model_checksum: no Returns",
+}
+
+
+def test_public_docstrings_have_args_and_returns():
+    problems = set(_hooks().incomplete_docstrings())
+    assert problems - KNOWN_INCOMPLETE == set(), "incomplete docstrings (Args/Returns)"
+    assert KNOWN_INCOMPLETE - problems == set(), "fixed: remove these from KNOWN_INCOMPLETE"
 
 
 def test_preset_tables_are_current():

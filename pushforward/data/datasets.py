@@ -91,7 +91,9 @@ class DataBundle:
         name: the dataset's name or file path.
         kind: ``"vector"``, ``"image"`` or ``"sphere"``.
         event_shape: shape of one sample as the flow sees it.
-        train, val, test: tensors ``(N, *event_shape)`` or ``DequantizedImages``.
+        train: the training split, a tensor ``(N, *event_shape)`` or ``DequantizedImages``.
+        val: the validation split, of the same kind.
+        test: the test split, of the same kind.
         preprocess: fixed layers appended to the flow (data side last), e.g. a standardisation.
         levels: number of pixel levels (images), else None.
         spec: a JSON record ``load_dataset(**spec)`` accepts to rebuild this bundle.

@@ -240,13 +240,16 @@ def compose_calibrations(
 ) -> GeneralizedCalibration:
     """The group law: ``fgcal(·; A₁, c₁) ∘ fgcal(·; A₂, c₂) = fgcal(·; A₁A₂, c₁ + A₁c₂)``.
 
-    Returns one :class:`GeneralizedCalibration` equal to ``outer ∘ inner`` (``inner`` applied
-    first, as in ``Chain([inner, outer])``); a :class:`Calibration` counts as ``A = a⁻¹I``.
+    A :class:`Calibration` counts as ``A = a⁻¹I``.
     ``A₁A₂1 = λ₁λ₂1``, so the product satisfies the constraint.
 
     Args:
         outer: the map applied second.
         inner: the map applied first.
+
+    Returns:
+        One :class:`GeneralizedCalibration` equal to ``outer ∘ inner`` (``inner`` applied first,
+        as in ``Chain([inner, outer])``).
 
     Raises:
         TypeError: an argument is not a (generalised) calibration.

@@ -124,12 +124,15 @@ def log_volume_ratio(
 def volume_ratio_reference(manifold: object) -> Callable:
     """A ``ladj_reference`` for ``check_transform`` on ``manifold`` (a ``Sphere`` or ``Simplex``).
 
-    Returns ``reference(t, z, context) = log_volume_ratio(t(·, context), manifold.project, z,
-    manifold.dim)``: the log volume ratio of the transform's forward map at the base-side
-    points ``z`` (which must lie on the manifold).
+    The reference is the log volume ratio of the transform's forward map at the base-side points
+    ``z`` (which must lie on the manifold), computed by autograd.
 
     Args:
         manifold: a ``Sphere`` or ``Simplex`` (anything with ``project`` and ``dim``).
+
+    Returns:
+        ``reference(t, z, context) = log_volume_ratio(t(·, context), manifold.project, z,
+        manifold.dim)``, a function returning ``(batch,)``.
 
     Example:
         >>> import torch
