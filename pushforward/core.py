@@ -39,7 +39,7 @@ class _Nested:
 
 
 def _outermost() -> bool:
-    return _v.is_validating() and _depth == 0
+    return _depth == 0 and _v.is_validating()
 
 
 class Transform(nn.Module):
@@ -56,10 +56,15 @@ class Transform(nn.Module):
             context is then accepted and ignored, so ``Chain`` can pass it blindly).
         analytic_inverse: False when the inverse is computed numerically (Planar, CNF).
         exact_ladj: False when ``ladj`` is a stochastic estimate (Hutchinson).
+        supports_torch_func: False for a class whose forward/inverse cannot run inside a
+            ``torch.func`` transform (``jacrev``, ``vmap``, ``grad``); calling it there raises
+            ``NotImplementedError`` naming the class (the class docstring says why). A
+            transform containing such a module inherits the refusal.
     """
 
     analytic_inverse: bool = True
     exact_ladj: bool = True
+    supports_torch_func: bool = True
 
     def __init__(
         self,
@@ -85,6 +90,8 @@ class Transform(nn.Module):
         """
         if not self.context_features:
             context = None
+        if _depth == 0 and _v.in_torch_func():
+            self._require_torch_func()
         outermost = _outermost()
         if outermost:
             self._validate(z, self.latent_shape, context, "z")
@@ -106,6 +113,8 @@ class Transform(nn.Module):
         """
         if not self.context_features:
             context = None
+        if _depth == 0 and _v.in_torch_func():
+            self._require_torch_func()
         outermost = _outermost()
         if outermost:
             self._validate(x, self.event_shape, context, "x")
@@ -124,6 +133,18 @@ class Transform(nn.Module):
         """A view with the two directions swapped (``t.inv.inv is t``)."""
         view = self.__dict__.get("_inverse_view")
         return view if view is not None else Inverse(self)
+
+    def _require_torch_func(self) -> None:
+        """Raise ``NotImplementedError`` if a module of this transform (itself included)
+        declares ``supports_torch_func = False``."""
+        for module in self.modules():
+            if getattr(module, "supports_torch_func", True) is False:
+                name = type(module).__name__
+                raise NotImplementedError(
+                    f"{type(self).__name__}: {name} cannot run inside a torch.func transform "
+                    f"(jacrev, vmap, grad; see the {name} docstring for why); compute "
+                    "Jacobians with torch.autograd.functional.jacobian instead"
+                )
 
     # -- for subclasses -----------------------------------------------------------------------
     def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -106,6 +106,11 @@ class CNF(Transform):
     (``nfe`` = N × stages). ``solver(...)`` overrides these for the calls inside a ``with``
     block, e.g. ``with cnf.solver(method="rk4", steps=20): flow.sample(1000)``.
 
+    ``torch.func`` (``jacrev``, ``vmap``): supported with a fixed-grid solver and no adjoint
+    only (``supports_torch_func``); torchdiffeq's adaptive steps and adjoint are
+    ``autograd.Function`` classes without ``torch.func`` support, so the call raises
+    ``NotImplementedError`` there.
+
     Per-solve extras are reset at the start of each call: ``nfe`` (= ``nfe_forward``, field
     evaluations made by the solver, rejected steps included), ``nfe_backward`` (evaluations
     made by the adjoint backward pass; 0 with direct backpropagation, which re-uses the
@@ -229,6 +234,16 @@ class CNF(Transform):
         self.jacobian = _weight("jacobian", jacobian)
         self.exact_ladj = trace == "exact"
         self.__dict__["_record"] = _Record()
+
+    @property
+    def supports_torch_func(self) -> bool:  # type: ignore[override]
+        """Whether forward/inverse run inside ``torch.func`` transforms (``jacrev``, ``vmap``).
+
+        Only with a fixed-grid solver and without the adjoint: torchdiffeq's adaptive steps and
+        its adjoint are ``autograd.Function`` classes that ``torch.func`` cannot trace. Under
+        ``torch.func`` use ``with cnf.solver(method="rk4", steps=N):``.
+        """
+        return self.method in FIXED_METHODS and not self.adjoint
 
     # -- per-solve extras ---------------------------------------------------------------------
     @property

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from pushforward._validation import in_torch_func
+
 __all__ = ["solve", "METHODS", "ADAPTIVE_METHODS", "default_tolerances"]
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -91,6 +93,14 @@ def solve(
         The state at ``t1``, a tuple like ``state``.
     """
     check_method(method)
+    if (adjoint or method in ADAPTIVE_METHODS) and in_torch_func():
+        raise NotImplementedError(
+            f"ODE solve with {'the adjoint' if adjoint else f'the adaptive solver {method!r}'} "
+            "cannot run inside a torch.func transform (jacrev, vmap): torchdiffeq implements it "
+            "with autograd.Functions that torch.func cannot trace; use a fixed-grid solver "
+            "without adjoint (e.g. with cnf.solver(method='rk4', steps=20): ...) or "
+            "torch.autograd.functional.jacobian"
+        )
     reference = state[0]
     times = torch.tensor([t0, t1], dtype=reference.dtype, device=reference.device)
     options = dict(options or {})

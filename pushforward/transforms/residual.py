@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pushforward._validation import in_torch_func
 from pushforward.core import Transform
 
 __all__ = ["ResidualBlock", "LipschitzLinear", "LipSwish"]
@@ -226,6 +227,8 @@ class ResidualBlock(Transform):
         """``J_g(x)``, ``(batch, d, d)``, from one backward pass over ``d`` copies of the batch."""
         batch, d = x.shape
         weights = [layer.normalized_weight() for layer in self.g.layers]
+        if in_torch_func():
+            return self._jacobian_func(weights, x, context, create_graph)
         with torch.enable_grad():
             rep = x.unsqueeze(1).expand(batch, d, d).reshape(batch * d, d)
             if not (create_graph and rep.requires_grad):
@@ -236,6 +239,22 @@ class ResidualBlock(Transform):
             (rows,) = torch.autograd.grad(out, rep, eye, create_graph=create_graph)
         return rows.reshape(batch, d, d)
 
+    def _jacobian_func(
+        self, weights: list[Tensor], x: Tensor, context: Tensor | None, create_graph: bool
+    ) -> Tensor:
+        """``J_g(x)`` by ``torch.func`` (``vmap`` of ``jacrev``): the path taken inside a user's
+        ``torch.func`` transform, where ``requires_grad_`` is not allowed."""
+
+        def g_one(xi: Tensor, ci: Tensor | None) -> Tensor:
+            return self.g.apply_with(weights, xi[None], None if ci is None else ci[None])[0]
+
+        jacobian = torch.func.vmap(torch.func.jacrev(g_one),
+                                   in_dims=(0, None if context is None else 0))
+        if create_graph:
+            return jacobian(x, context)
+        with torch.no_grad():  # a constant for the enclosing transforms, as detach() below
+            return jacobian(x, context)
+
     def _log_det(self, x: Tensor, context: Tensor | None) -> Tensor:
         """``log det(I + J_g(x))`` (exact or estimated, per ``self.logdet``)."""
         create = torch.is_grad_enabled()
@@ -244,6 +263,8 @@ class ResidualBlock(Transform):
             eye = torch.eye(self.features, dtype=x.dtype, device=x.device)
             out = torch.linalg.slogdet(eye + jac)[1]
             return out if create else out.detach()
+        if in_torch_func():
+            return self._series_func(x, context, create)
         with torch.enable_grad():
             inp = x if (create and x.requires_grad) else x.detach().requires_grad_(True)
             gx = self.g(inp, context)
@@ -258,6 +279,22 @@ class ResidualBlock(Transform):
                 if self.logdet == "roulette" and k > self.terms:
                     weight = (1 - self.p) ** -(k - self.terms)  # 1 / P(N ≥ k − terms)
                 total = total + ((-1) ** (k + 1) / k * weight) * (w * v).sum(-1)
+        return total if create else total.detach()
+
+    def _series_func(self, x: Tensor, context: Tensor | None, create: bool) -> Tensor:
+        """The (roulette or truncated) series with ``torch.func.vjp`` (inside ``torch.func``)."""
+        gx, vjp = torch.func.vjp(lambda inp: self.g(inp, context), x)
+        v = torch.randn_like(x)
+        w, total = v, x.new_zeros(x.shape[0])
+        count = self.terms
+        if self.logdet == "roulette":
+            count += int(torch.distributions.Geometric(probs=self.p).sample())
+        for k in range(1, count + 1):
+            (w,) = vjp(w)
+            weight = 1.0
+            if self.logdet == "roulette" and k > self.terms:
+                weight = (1 - self.p) ** -(k - self.terms)
+            total = total + ((-1) ** (k + 1) / k * weight) * (w * v).sum(-1)
         return total if create else total.detach()
 
     # -- the map ------------------------------------------------------------------------------
@@ -295,7 +332,7 @@ class ResidualBlock(Transform):
 
     def _attach(self, x: Tensor, z: Tensor, context: Tensor | None) -> Tensor:
         """Re-attach the implicit gradient of ``x(z, θ)`` to the detached solution ``x``."""
-        if self.features <= self.exact_below:
+        if self.features <= self.exact_below or in_torch_func():
             jac = self._jacobian(x, context, False)
             eye = torch.eye(self.features, dtype=x.dtype, device=x.device)
             residual = x + self.g(x, context) - z
