@@ -10,6 +10,7 @@ from pushforward.manifolds.calibration import (
     GeneralizedCalibration,
     compose_calibrations,
 )
+from pushforward.manifolds.geodesic import GeodesicPath
 from pushforward.manifolds.simplex_bases import Dirichlet, UniformSimplex
 from pushforward.manifolds.spaces import Simplex, Sphere
 from pushforward.manifolds.sphere_bases import (
@@ -18,6 +19,7 @@ from pushforward.manifolds.sphere_bases import (
     VonMisesFisherMixture,
     sample_vmf,
 )
+from pushforward.manifolds.sphere_cnf import SphereCNF, SphereField
 from pushforward.manifolds.spherical import (
     NormalizedAffine,
     NormalizedLinear,
@@ -47,4 +49,7 @@ __all__ = [
     "Dirichlet",
     "UniformSimplex",
     "sample_vmf",
+    "SphereCNF",
+    "SphereField",
+    "GeodesicPath",
 ]
