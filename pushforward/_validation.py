@@ -197,6 +197,23 @@ def check_context(
         )
 
 
+def context_width(context_features: int, context: int | None, owner: str) -> int:
+    """The context width given as ``context_features`` (the one documented name) or as its
+    older alias ``context=``; both at once must agree.
+
+    Raises:
+        TypeError: both spellings given with different values.
+    """
+    if context is None:
+        return int(context_features)
+    if int(context_features) not in (0, int(context)):
+        raise TypeError(
+            f"{owner}: context={context} and context_features={context_features} disagree; "
+            "give the context width once, as context_features"
+        )
+    return int(context)
+
+
 def as_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     """Normalise ``features`` (an int) or a shape (a sequence) to a tuple of positive ints."""
     if isinstance(shape, bool):

@@ -85,7 +85,7 @@ class Coupling(Transform):
         mask: boolean tensor of the event shape (``True``: passes through), e.g. from
             ``coupling_mask``. At least one element must be transformed.
         transformer: an elementwise map or its name (``"affine"``, ``"additive"``, ``"spline"``).
-        context: width of the context (0: unconditional).
+        context_features: width of the context (0: unconditional).
         conditioner: a custom network with the input/output sizes above (vectors: called on
             ``[z_A, context]``; images: on ``[z ⊙ mask, context channels]``).
         hidden: vectors: hidden widths of the MLP; images: the conv width (an int; a list uses
@@ -93,6 +93,7 @@ class Coupling(Transform):
         activation: activation of the built conditioner.
         blocks: residual blocks of the built conv conditioner (images only).
         identity_init: zero the built conditioner's last layer (None: for images only).
+        context: older spelling of ``context_features`` (kept as an alias).
         **map_options: options of the named map (e.g. ``bound=`` for affine).
 
     References:
@@ -112,12 +113,14 @@ class Coupling(Transform):
         self,
         mask: Tensor,
         transformer: str | ElementwiseMap = "affine",
-        context: int = 0,
+        context_features: int = 0,
         conditioner: nn.Module | None = None,
         hidden: int | Sequence[int] = (64, 64),
         activation: str | Callable[[], nn.Module] = "relu",
         blocks: int = 1,
         identity_init: bool | None = None,
+        *,
+        context: int | None = None,
         **map_options: object,
     ) -> None:
         mask = torch.as_tensor(mask)
@@ -130,7 +133,8 @@ class Coupling(Transform):
             )
         if bool(mask.all()):
             raise ValueError(f"{type(self).__name__}: the mask transforms no element")
-        super().__init__(tuple(mask.shape), context_features=context)
+        context_features = _v.context_width(context_features, context, type(self).__name__)
+        super().__init__(tuple(mask.shape), context_features=context_features)
         self.map = elementwise_map(transformer, **map_options)
         n_params = int(self.map.params)
         self.image = mask.dim() == 3
@@ -227,7 +231,8 @@ class AdditiveCoupling(Coupling):
 
     Args:
         mask: boolean, ``True`` on the part ``A`` that passes through (see ``coupling_mask``).
-        context: width of the context the conditioner reads (0: unconditional).
+        context_features: width of the context the conditioner reads (0: unconditional).
+        context: older spelling of ``context_features`` (kept as an alias).
         **options: ``Coupling``'s other arguments (``conditioner``, ``hidden``, ``activation``,
             ``blocks``, ``identity_init``) and the map's (``bound`` for the affine one).
 
@@ -236,8 +241,10 @@ class AdditiveCoupling(Coupling):
         arXiv:1410.8516.
     """
 
-    def __init__(self, mask: Tensor, context: int = 0, **options: object) -> None:
-        super().__init__(mask, "additive", context, **options)  # type: ignore[arg-type]
+    def __init__(self, mask: Tensor, context_features: int = 0, *, context: int | None = None,
+                 **options: object) -> None:
+        width = _v.context_width(context_features, context, type(self).__name__)
+        super().__init__(mask, "additive", width, **options)  # type: ignore[arg-type]
 
 
 class AffineCoupling(Coupling):
@@ -249,7 +256,8 @@ class AffineCoupling(Coupling):
 
     Args:
         mask: boolean, ``True`` on the part ``A`` that passes through (see ``coupling_mask``).
-        context: width of the context the conditioner reads (0: unconditional).
+        context_features: width of the context the conditioner reads (0: unconditional).
+        context: older spelling of ``context_features`` (kept as an alias).
         **options: ``Coupling``'s other arguments (``conditioner``, ``hidden``, ``activation``,
             ``blocks``, ``identity_init``) and the map's (``bound`` for the affine one).
 
@@ -258,5 +266,7 @@ class AffineCoupling(Coupling):
         arXiv:1605.08803.
     """
 
-    def __init__(self, mask: Tensor, context: int = 0, **options: object) -> None:
-        super().__init__(mask, "affine", context, **options)  # type: ignore[arg-type]
+    def __init__(self, mask: Tensor, context_features: int = 0, *, context: int | None = None,
+                 **options: object) -> None:
+        width = _v.context_width(context_features, context, type(self).__name__)
+        super().__init__(mask, "affine", width, **options)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pushforward import _validation as _v
 from pushforward.core import Transform
 from pushforward.nn import MLP
 
@@ -121,14 +122,15 @@ class Planar(Transform):
     without gradient and one Newton step is re-evaluated with gradient, which gives the
     implicit-function gradient ``∂α/∂θ = −(∂g/∂θ) / g'(α)``.
 
-    With ``context > 0`` a small MLP maps the context to offsets of ``(u, w, b)``, per sample; the
-    reparametrisation then applies per sample.
+    With ``context_features > 0`` a small MLP maps the context to offsets of ``(u, w, b)``, per
+    sample; the reparametrisation then applies per sample.
 
     Args:
         features: the dimension ``d``.
-        context: width of the context (0: unconditional).
+        context_features: width of the context (0: unconditional).
         hidden: hidden widths of the context network.
         activation: activation of the context network.
+        context: older spelling of ``context_features`` (kept as an alias).
 
     References:
         Variational Inference with Normalizing Flows, Rezende & Mohamed, 2015, arXiv:1505.05770.
@@ -147,14 +149,17 @@ class Planar(Transform):
     def __init__(
         self,
         features: int,
-        context: int = 0,
+        context_features: int = 0,
         hidden: Sequence[int] = (32,),
         activation: str | Callable[[], nn.Module] = "tanh",
+        *,
+        context: int | None = None,
     ) -> None:
         d = int(features)
         if d < 1:
             raise ValueError(f"Planar: features must be >= 1, got {features}")
-        super().__init__(d, context_features=context)
+        super().__init__(d, context_features=_v.context_width(context_features, context,
+                                                               "Planar"))
         self.features = d
         # v = 0 is the identity (see _unpack); a small v breaks the symmetry between layers.
         w = torch.randn(d) / d**0.5
@@ -232,13 +237,15 @@ class Radial(Transform):
     ``r² + (α + β − R) r − αR = 0``, whose non-negative root (computed without cancellation) gives
     ``z = z₀ + (x − z₀)(α + r)/(α + r + β)``.
 
-    With ``context > 0`` a small MLP maps the context to offsets of ``(z₀, α̂, β̂)`` per sample.
+    With ``context_features > 0`` a small MLP maps the context to offsets of ``(z₀, α̂, β̂)``
+    per sample.
 
     Args:
         features: the dimension ``d``.
-        context: width of the context (0: unconditional).
+        context_features: width of the context (0: unconditional).
         hidden: hidden widths of the context network.
         activation: activation of the context network.
+        context: older spelling of ``context_features`` (kept as an alias).
 
     References:
         Variational Inference with Normalizing Flows, Rezende & Mohamed, 2015, arXiv:1505.05770.
@@ -254,14 +261,17 @@ class Radial(Transform):
     def __init__(
         self,
         features: int,
-        context: int = 0,
+        context_features: int = 0,
         hidden: Sequence[int] = (32,),
         activation: str | Callable[[], nn.Module] = "tanh",
+        *,
+        context: int | None = None,
     ) -> None:
         d = int(features)
         if d < 1:
             raise ValueError(f"Radial: features must be >= 1, got {features}")
-        super().__init__(d, context_features=context)
+        super().__init__(d, context_features=_v.context_width(context_features, context,
+                                                               "Radial"))
         self.features = d
         initial = torch.cat([
             torch.randn(d),                      # z0
