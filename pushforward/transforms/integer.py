@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from pushforward import _validation as _v
 from pushforward.nn import MLP, ConvNet
 from pushforward.transforms.coupling import Coupling
 
@@ -86,13 +87,14 @@ class IntegerCoupling(Coupling):
     Args:
         mask: boolean tensor of the event shape (``True``: passes through), e.g. from
             ``coupling_mask``.
-        context: width of the context (0: unconditional).
+        context_features: width of the context (0: unconditional).
         hidden: images: conv channels; vectors: MLP widths.
         blocks: residual blocks of the conv conditioner (images).
         activation: activation of the conditioner.
         input_scale: factor applied to the conditioner's input values.
         conditioner: a custom network (then ``hidden``/``blocks``/``input_scale`` are unused);
             input and output sizes as for ``Coupling`` with one parameter per element.
+        context: older spelling of ``context_features`` (kept as an alias).
 
     References:
         Integer Discrete Flows and Lossless Compression, Hoogeboom, Peters, van den Berg &
@@ -111,13 +113,16 @@ class IntegerCoupling(Coupling):
     def __init__(
         self,
         mask: Tensor,
-        context: int = 0,
+        context_features: int = 0,
         hidden: int | Sequence[int] = 64,
         blocks: int = 1,
         activation: str = "relu",
         input_scale: float = 1.0 / 128,
         conditioner: nn.Module | None = None,
+        *,
+        context: int | None = None,
     ) -> None:
+        context = _v.context_width(context_features, context, "IntegerCoupling")
         mask = torch.as_tensor(mask)
         if conditioner is None and mask.dtype == torch.bool and mask.dim() in (1, 3):
             if mask.dim() == 3:
