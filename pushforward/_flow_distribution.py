@@ -26,6 +26,23 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["FlowDistribution"]
 
 
+def _sample_shape(sample_shape: object) -> torch.Size:
+    """``sample_shape`` as a ``torch.Size`` of non-negative integers (errors name the problem)."""
+    try:
+        shape = torch.Size(sample_shape)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            "FlowDistribution.sample: sample_shape must be a sequence of non-negative "
+            f"integers, got {sample_shape!r}"
+        ) from None
+    if any(s < 0 for s in shape):
+        raise ValueError(
+            f"FlowDistribution.sample: sample_shape must be >= 0 in every entry, got "
+            f"{tuple(shape)}"
+        )
+    return shape
+
+
 class FlowDistribution(Distribution):
     """A ``torch.distributions.Distribution`` view of a ``Flow`` (optionally at a fixed context).
 
@@ -96,7 +113,7 @@ class FlowDistribution(Distribution):
     # -- sampling -----------------------------------------------------------------------------
     def rsample(self, sample_shape: Sequence[int] = torch.Size()) -> Tensor:  # noqa: B008
         """Reparametrised samples ``(*sample_shape, *batch_shape, *event_shape)``."""
-        sample_shape = torch.Size(sample_shape)
+        sample_shape = _sample_shape(sample_shape)
         n, m = math.prod(sample_shape), math.prod(self.batch_shape)
         if self.context is None:
             x = self.flow.rsample(n * m)

@@ -29,6 +29,40 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"preset option {value!r} is not JSON-serialisable")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_common(name: str, arguments: dict[str, Any]) -> None:
+    """Check the options every preset shares, once for all presets, so a bad value is refused
+    with a message naming it (not a ``TypeError`` from deep inside a layer).
+
+    Raises:
+        TypeError: ``features``, ``context`` or ``transforms`` is not an integer; ``hidden`` is
+            neither an integer nor a sequence of integers.
+        ValueError: one of them is out of range (``features``/``transforms``/``hidden`` < 1,
+            ``context`` < 0).
+    """
+    for option, minimum in (("features", 1), ("context", 0), ("transforms", 1)):
+        if option not in arguments or (arguments[option] is None and option != "context"):
+            continue  # features=None (a shape instead) and transforms=None (the default)
+        value = arguments[option]
+        if not _is_int(value):
+            raise TypeError(f"{name} preset: {option} must be an integer, got "
+                            f"{type(value).__name__} {value!r}")
+        if value < minimum:
+            raise ValueError(f"{name} preset: {option} must be >= {minimum}, got {value}")
+    hidden = arguments.get("hidden")
+    if hidden is not None:
+        widths = [hidden] if _is_int(hidden) else hidden
+        if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__") or not all(
+                _is_int(w) for w in widths):
+            raise TypeError(f"{name} preset: hidden must be an integer or a sequence of "
+                            f"integers, got {hidden!r}")
+        if any(w < 1 for w in widths):
+            raise ValueError(f"{name} preset: hidden widths must be >= 1, got {hidden!r}")
+
+
 def register(name: str) -> Callable[[Preset], Preset]:
     """Register a preset under ``name`` (case-insensitive); its flows record their options.
 
@@ -53,6 +87,7 @@ def register(name: str) -> Callable[[Preset], Preset]:
         def preset(*args: Any, **kwargs: Any) -> Flow:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
+            _check_common(name.lower(), bound.arguments)
             flow = fn(*bound.args, **bound.kwargs)
             options = dict(bound.arguments)
             for extra in var_keyword:

@@ -392,7 +392,7 @@ class Flow(nn.Module):
         batch = None
         if context is not None:
             if _v.is_validating():
-                _v.check_tensor(context, (self.context_features,), "Flow", "context")
+                _v.check_context(context, self.context_features, None, "Flow")
                 _v.check_dtype(context, self, "Flow", "context")
             batch = context.shape[0]
             context = context.repeat(n, 1)

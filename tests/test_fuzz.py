@@ -2,11 +2,16 @@
 
 Each ``@given`` test draws random shapes, dtypes, batch sizes (0 and 1 included), NaN/inf,
 huge and tiny values, off-manifold points, out-of-domain parameters and mismatched contexts, and
-sends them through one public entry point. The only accepted outcomes are
+sends them through one public entry point. Each drawn input is classified before the call:
 
-* a result with the documented shape whose entries are finite (a log-density may be ``-inf``:
-  it underflows the dtype, see RELIABILITY.md), or
-* a ``ValueError`` / ``TypeError`` with a non-empty message.
+* **valid** (in the domain, right shape/dtype/context): the call must succeed with the documented
+  shape and finite entries (a log-density may be ``-inf``: it underflows the dtype, see
+  RELIABILITY.md); a refusal fails the test (so a spurious ``ValueError`` cannot hide);
+* **invalid** (NaN/inf, wrong shape, rank, dtype, type, context, count...): the call must raise
+  ``ValueError`` / ``TypeError`` whose message names the problem (a regular expression per kind);
+* **extreme** (finite but huge or tiny values, points pushed off a bounded domain): either a
+  finite result or a ``ValueError`` (overflow in the dtype, outside the domain), never a
+  ``TypeError``, another exception or a silent NaN.
 
 Anything else (another exception, a NaN, a wrong shape, a call running past ``_TIMEOUT`` seconds)
 fails the test. ``COUNTS`` records how many cases each area tried; with
@@ -18,9 +23,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import inspect
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +45,7 @@ from hypothesis import strategies as st
 import pushforward as pf
 import pushforward.distributions as dist
 import pushforward.manifolds as mf
+from pushforward import _registry
 
 COUNTS: collections.Counter = collections.Counter()
 _TIMEOUT = 60  # seconds one call may take before it counts as a hang
@@ -74,16 +83,73 @@ def _deadline(seconds: int = _TIMEOUT):
         signal.signal(signal.SIGALRM, previous)
 
 
-def attempt(area: str, fn):
-    """Run ``fn``; return its result, or None when it refused with a ValueError/TypeError."""
+@dataclasses.dataclass(frozen=True)
+class Expect:
+    """What a call must do with a classified input.
+
+    Attributes:
+        outcome: ``"ok"`` (must succeed), ``"refuse"`` (must raise naming the problem) or
+            ``"either"`` (an extreme input: a result or a ``ValueError``).
+        match: for refusals, a regular expression the message must match (case-insensitive).
+        errors: the exception types a refusal may have.
+    """
+
+    outcome: str = "ok"
+    match: str | None = None
+    errors: tuple = (ValueError, TypeError)
+
+    def __and__(self, other: Expect) -> Expect:
+        """Combine two independent aspects of one call (input and context, say)."""
+        order = {"refuse": 0, "either": 1, "ok": 2}
+        first, second = sorted((self, other), key=lambda e: order[e.outcome])
+        if first.outcome == "refuse" and second.outcome == "refuse":
+            match = f"(?:{first.match or '.'})|(?:{second.match or '.'})"
+            return Expect("refuse", match, first.errors + second.errors)
+        if first.outcome == "either" and second.outcome == "either":
+            return Expect("either", None, first.errors + second.errors)
+        if first.outcome == "refuse" and second.outcome == "either":
+            # The extreme aspect may be refused first (e.g. an overflow before a bad context).
+            match = f"(?:{first.match or '.'})|(?:{second.match or '.'})"
+            return Expect("refuse", match, first.errors + second.errors)
+        return first
+
+
+OK = Expect("ok")
+EXTREME = Expect("either", None, (ValueError,))
+DAMAGED = Expect("either")  # a damaged file: refused (ValueError/TypeError) or harmless
+
+
+def refuse(match: str, *errors: type) -> Expect:
+    """An invalid input: a ``ValueError``/``TypeError`` (or ``errors``) matching ``match``."""
+    return Expect("refuse", match, errors or (ValueError, TypeError))
+
+
+def attempt(area: str, fn, expect: Expect = EXTREME):
+    """Run ``fn`` under the expectation; return its result, or None after a due refusal."""
     COUNTS[area] += 1
+    COUNTS[f"{area}:{expect.outcome}"] += 1
     with _deadline(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return fn()
+            out = fn()
         except (ValueError, TypeError) as error:
-            assert str(error).strip(), f"{type(error).__name__} without a message"
+            message = str(error).strip()
+            assert message, f"{type(error).__name__} without a message"
+            if expect.outcome == "ok":
+                raise AssertionError(
+                    f"{area}: a valid input was refused: {type(error).__name__}: {message}"
+                ) from error
+            assert isinstance(error, expect.errors), (
+                f"{area}: refused with {type(error).__name__} ({message}); expected one of "
+                f"{[e.__name__ for e in expect.errors]}")
+            if expect.match is not None:
+                assert re.search(expect.match, message, re.IGNORECASE | re.DOTALL), (
+                    f"{area}: the refusal does not name the problem (/{expect.match}/): "
+                    f"{message}")
             return None
+    assert expect.outcome != "refuse", (
+        f"{area}: an invalid input was accepted (expected a refusal matching /{expect.match}/)")
+    return out
 
 
 def assert_finite(value: torch.Tensor, shape, what: str, allow_neg_inf: bool = False) -> None:
@@ -161,6 +227,60 @@ def make_context(kind: str, batch: int, width: int, dtype) -> object:
     return c
 
 
+# -- classifying inputs -----------------------------------------------------------------------
+NAN_INF = r"NaN|infinite"
+SHAPE = r"shape|rank|batch dimension|scalar"
+CONTEXT_PROBLEM = r"context"
+
+
+def classify_input(how: tuple, corrupted: object, shape_free: bool, dtype_free: bool) -> Expect:
+    """The expectation for a (possibly corrupted) input tensor.
+
+    Args:
+        how: the corruption drawn from ``CORRUPTION``.
+        corrupted: the value after ``corrupt``.
+        shape_free: the callee declares no input shape (elementwise layers built without one).
+        dtype_free: the callee has no floating parameter or buffer (any float dtype is fine).
+    """
+    kind = how[0]
+    if kind == "dtype":
+        target = how[1]
+        if target in (torch.int64, torch.bool):
+            return refuse(r"floating", TypeError)
+        if target in (torch.float16, torch.bfloat16):
+            return refuse(r"float32 or float64", TypeError)
+        if target == "other":
+            return OK if dtype_free else refuse(r"dtype", TypeError)
+        return refuse(r"torch\.Tensor", TypeError)  # numpy array or list
+    if kind == "shape":
+        if how[1] == "scalar":
+            return refuse(SHAPE, ValueError)
+        return OK if shape_free else refuse(SHAPE, ValueError)
+    assert isinstance(corrupted, torch.Tensor)
+    if corrupted.numel() and not bool(torch.isfinite(corrupted).all()):
+        return refuse(NAN_INF, ValueError)
+    if kind == "none" or corrupted.numel() == 0 or (kind == "scale" and how[1] == 0):
+        return OK
+    return EXTREME  # finite but possibly huge, tiny, or pushed off a bounded domain
+
+
+def classify_context(kind: str, batch: int, width: int) -> Expect:
+    """The expectation for a context drawn by ``make_context`` (width 0: always ignored)."""
+    if width == 0 or kind in ("ok", "extra"):
+        return OK
+    if kind == "nan":
+        return refuse(NAN_INF, ValueError) if batch else OK
+    if kind == "huge":
+        return EXTREME if batch else OK
+    if kind == "int":
+        return refuse(r"floating|dtype", TypeError)
+    return refuse(CONTEXT_PROBLEM, ValueError)  # none, width, batch, 1d
+
+
+def _has_floating_tensors(module: torch.nn.Module) -> bool:
+    return any(t.is_floating_point() for t in (*module.parameters(), *module.buffers()))
+
+
 # -- transforms -------------------------------------------------------------------------------
 def _transform_case(data, area: str) -> None:
     case = data.draw(st.sampled_from(CASES), label="case")
@@ -169,31 +289,32 @@ def _transform_case(data, area: str) -> None:
     batch = data.draw(st.sampled_from([0, 1, 1, 2, 3, 7]), label="batch")
     torch.manual_seed(data.draw(st.integers(0, 3), label="seed"))
     t = case.make(width).to(dtype)
-    if data.draw(st.booleans(), label="use .inv"):
-        t = t.inv
+    inverted = data.draw(st.booleans(), label="use .inv")
+    if inverted:
+        t = t.inv  # t.forward is the case's inverse: its input is on the data side
         direction = "forward"
     else:
         direction = data.draw(st.sampled_from(["inverse", "forward"]), label="direction")
     if data.draw(st.booleans(), label="eval"):
         t.eval()
     x = case.inputs(max(batch, 1), torch.Generator().manual_seed(batch)).to(dtype)[:batch]
-    if t.inv is not t and isinstance(t, pf.core.Inverse):
-        forward_input = x  # t.forward is the case's inverse: its input is data-side
-    else:
-        forward_input = None
-    c = make_context(data.draw(CONTEXT, label="context"), batch, width, dtype)
-    if direction == "forward" and forward_input is None:
+    ckind = data.draw(CONTEXT, label="context")
+    c = make_context(ckind, batch, width, dtype)
+    if direction == "forward" and not inverted:
+        # A valid base-side point: the inverse of a valid data point (must not be refused).
+        valid_c = make_context("ok", batch, width, dtype)
         with torch.no_grad():
-            try:
-                base = t.inverse(x, c if isinstance(c, torch.Tensor) else None)[0]
-            except (ValueError, TypeError):
-                return
-        value = base.detach()
+            out = attempt(area, lambda: t.inverse(x, valid_c), OK)
+        value = out[0].detach()
     else:
         value = x
-    value = corrupt(value, data.draw(CORRUPTION, label="corruption"))
+    how = data.draw(CORRUPTION, label="corruption")
+    value = corrupt(value, how)
     call = t if direction == "forward" else t.inverse
-    out = attempt(area, lambda: call(value, c))
+    declared_in = t.latent_shape if direction == "forward" else t.event_shape
+    expect = classify_input(how, value, declared_in is None, not _has_floating_tensors(t))
+    expect = expect & classify_context(ckind, batch, width)
+    out = attempt(area, lambda: call(value, c), expect)
     if out is None:
         return
     y, ladj = out
@@ -237,6 +358,69 @@ def _flow(name: str, options: dict, features: int, context: int, dtype):
     return _FLOWS[key]
 
 
+def _flow_context(kind: str, batch: int | None, width: int, distribution: bool,
+                  x_batch: int | None = None) -> Expect:
+    """The expectation for a context given to a flow (an unconditional flow refuses one)."""
+    if width == 0:
+        return refuse(r"unconditional", ValueError) if kind == "extra" else OK
+    if kind == "batch" and batch is None:
+        return OK  # sampling: any number of context rows is fine
+    if kind == "batch" and distribution:
+        # The distribution's batch shape is the context's: x must broadcast against it.
+        rows = x_batch + 1
+        return OK if x_batch in (1, rows) or rows == 1 else refuse(r"broadcast", ValueError)
+    return classify_context(kind, 2 if batch is None else batch, width)
+
+
+def _count(n: object, distribution: bool) -> Expect:
+    """The expectation for a sample count."""
+    if isinstance(n, bool):
+        return OK if distribution else refuse(r"integer", TypeError)  # torch.Size((True,))
+    if isinstance(n, (int, np.integer)) or (isinstance(n, torch.Tensor) and n.dim() == 0):
+        return OK if int(n) >= 0 else refuse(r">= 0|non-negative", ValueError)
+    return refuse(r"integer", TypeError)
+
+
+def _temperature(value: float, gaussian_base: bool) -> Expect:
+    if value == 1.0:
+        return OK
+    if not gaussian_base:
+        return refuse(r"temperature", ValueError, TypeError)
+    return OK if value > 0 and math.isfinite(value) else refuse(r"temperature", ValueError)
+
+
+def _distribution_value(x: object, event: tuple, batch_shape: tuple) -> Expect:
+    """torch.distributions rules: ``value`` ends with the event shape and broadcasts its leading
+    dimensions against the batch shape."""
+    if not isinstance(x, torch.Tensor) or x.dim() < len(event) or tuple(
+            x.shape[x.dim() - len(event):]) != event:
+        return refuse(SHAPE, ValueError)
+    try:
+        torch.broadcast_shapes(x.shape[: x.dim() - len(event)], batch_shape)
+    except RuntimeError:
+        return refuse(r"broadcast", ValueError)
+    return OK
+
+
+_SAMPLES: dict = {}
+
+
+def _valid_points(flow, key: tuple, batch: int, width: int, dtype) -> torch.Tensor:
+    """``batch`` points in the flow's domain (drawn from the flow itself, so manifold and
+    integer presets get points on their domain), cached per flow."""
+    if key not in _SAMPLES:
+        torch.manual_seed(1)
+        context = torch.randn(5, width, dtype=dtype) if width else None
+        was_training = flow.training
+        flow.eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            x = flow.sample(5) if context is None else flow.sample(1, context)[0]
+        flow.train(was_training)
+        _SAMPLES[key] = x
+    return _SAMPLES[key][:batch].clone()
+
+
 def _flow_case(data, area: str) -> None:
     name, options = data.draw(st.sampled_from(PRESETS), label="preset")
     features = 3 if name == "sphere" else data.draw(st.sampled_from([1, 2, 3]), label="d")
@@ -257,15 +441,21 @@ def _flow_case(data, area: str) -> None:
     ckind = data.draw(CONTEXT, label="context kind")
     if "log_prob" in method and "sample" not in method:
         batch = data.draw(st.sampled_from([0, 1, 2, 5]), label="batch")
-        x = torch.randn(batch, *event, dtype=dtype)
-        if name == "sphere":
-            x = torch.nn.functional.normalize(x, dim=-1)
-        x = corrupt(x, data.draw(CORRUPTION, label="corruption"))
+        key = (name, json.dumps(options, sort_keys=True), features, width, dtype)
+        x = _valid_points(flow, key, batch, width, dtype)
+        how = data.draw(CORRUPTION, label="corruption")
+        x = corrupt(x, how)
         c = make_context(ckind, batch, width, dtype)
+        expect = classify_input(how, x, False, False)
         if method == "log_prob":
-            out = attempt(area, lambda: flow.log_prob(x, c))
+            expect = expect & _flow_context(ckind, batch, width, False)
+            out = attempt(area, lambda: flow.log_prob(x, c), expect)
         else:
-            out = attempt(area, lambda: flow.distribution(c).log_prob(x))
+            if expect.outcome == "ok" or how[0] == "shape":
+                rows = () if not isinstance(c, torch.Tensor) or c.dim() != 2 else (c.shape[0],)
+                expect = _distribution_value(x, tuple(event), rows)
+            expect = expect & _flow_context(ckind, batch, width, True, batch)
+            out = attempt(area, lambda: flow.distribution(c).log_prob(x), expect)
         if out is not None:
             assert isinstance(x, torch.Tensor)
             assert_finite(out, out.shape, f"{name} {method}", allow_neg_inf=True)
@@ -277,10 +467,16 @@ def _flow_case(data, area: str) -> None:
     temperature = data.draw(st.sampled_from([1.0, 1.0, 0.5, 0.0, -1.0, math.nan, math.inf]),
                             label="temperature")
     c = make_context(ckind, 2, width, dtype)
-    if method == "distribution.sample":
-        out = attempt(area, lambda: flow.distribution(c).sample((n,)))
+    distribution = method == "distribution.sample"
+    gaussian = isinstance(flow.base, (dist.StandardNormal, dist.DiagonalNormal,
+                                      dist.ConditionalDiagonalNormal))
+    expect = _count(n, distribution) & _flow_context(ckind, None, width, distribution)
+    if distribution:
+        out = attempt(area, lambda: flow.distribution(c).sample((n,)), expect)
     else:
-        out = attempt(area, lambda: getattr(flow, method)(n, c, temperature=temperature))
+        expect = expect & _temperature(temperature, gaussian)
+        out = attempt(area, lambda: getattr(flow, method)(n, c, temperature=temperature),
+                      expect)
     if out is None:
         return
     count = int(n)
@@ -307,6 +503,37 @@ def test_fuzz_flows_long(data):
 OPTION = st.one_of(st.integers(-2, 5), st.sampled_from([None, True, 2.5, "3", [2], math.nan]))
 
 
+def _is_count(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _preset_expect(name: str, features: object, context: object, extra: dict) -> Expect:
+    """Unknown names, non-integer or negative sizes and bad options must be refused; a plain
+    configuration (features >= 2, context >= 0, no extra option) must build. The rest (one
+    feature, an int ``hidden``, a ``shape`` beside ``features``) depends on the preset."""
+    if name.lower() not in pf.flows.names():
+        return refuse(r"unknown flow", ValueError)
+    expect = OK
+    if features is not None and not _is_count(features, 1):
+        expect = expect & refuse(r"features|shape", ValueError, TypeError)
+    if not _is_count(context, 0):
+        expect = expect & refuse(r"context", ValueError, TypeError)
+    if "bogus" in extra:
+        expect = expect & refuse(r"bogus|unexpected", TypeError)
+    accepted = inspect.signature(_registry._REGISTRY[name.lower()]).parameters
+    if "shape" in extra and "shape" not in accepted and not any(
+            p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        expect = expect & refuse(r"shape|unexpected", TypeError)
+    if extra.get("transforms", 1) < 1:
+        expect = expect & refuse(r"transforms", ValueError)
+    if extra.get("hidden") in (0, [4, -1]):
+        expect = expect & refuse(r"hidden", ValueError, TypeError)
+    if expect.outcome == "ok" and (features in (None, 1) or "shape" in extra
+                                   or extra.get("hidden") == 4):
+        expect = Expect("either", None, (ValueError, TypeError))
+    return expect
+
+
 @settings(max_examples=80, **_FAST)
 @given(name=st.sampled_from(pf.flows.names() + ["nope", "", "MAF"]),
        features=OPTION, context=OPTION, extra=st.sampled_from(
@@ -314,12 +541,36 @@ OPTION = st.one_of(st.integers(-2, 5), st.sampled_from([None, True, 2.5, "3", [2
             {"bogus": 1}, {"transforms": 1, "hidden": 4}, {"shape": (1, 3, 3)}]))
 def test_fuzz_preset_options(name, features, context, extra):
     flow = attempt("presets", lambda: pf.flows.build(name, features=features, context=context,
-                                                     **extra))
+                                                     **extra), _preset_expect(name, features,
+                                                                              context, extra))
     if flow is not None:
         assert isinstance(flow, pf.Flow)
         x = flow.sample(2, torch.randn(1, flow.context_features) if flow.context_features
                         else None)
         assert torch.isfinite(x).all()
+
+
+@settings(max_examples=30, **_FAST)
+@given(name=st.sampled_from(pf.flows.names()), features=st.integers(2, 4),
+       context=st.integers(0, 3), transforms=st.integers(1, 2),
+       hidden=st.sampled_from([(4,), (8, 8)]))
+def test_fuzz_preset_options_valid(name, features, context, transforms, hidden):
+    """Plain configurations of every preset must build, sample and evaluate."""
+    accepted = inspect.signature(_registry._REGISTRY[name]).parameters
+    options = {k: v for k, v in (("transforms", transforms), ("hidden", hidden))
+               if k in accepted}
+    if name in ("glow", "realnvp", "nice") or "shape" in accepted and "features" not in accepted:
+        options.pop("hidden", None)  # image-capable presets read hidden as channels
+    torch.manual_seed(0)
+    flow = attempt("presets", lambda: pf.flows.build(name, features=features, context=context,
+                                                     **options), OK)
+    c = torch.randn(2, context) if context else None
+    with torch.no_grad():
+        x = attempt("presets", lambda: flow.sample(1, c)[0] if c is not None else flow.sample(2),
+                    OK)
+        log_p = attempt("presets", lambda: flow.log_prob(x, c), OK)
+    assert_finite(x, (2, *flow.event_shape), f"{name} sample")
+    assert_finite(log_p, (2,), f"{name} log_prob", allow_neg_inf=True)
 
 
 # -- bases (Euclidean, sphere, simplex) -------------------------------------------------------
@@ -345,25 +596,54 @@ BASES = ["StandardNormal", "DiagonalNormal", "ConditionalDiagonalNormal", "Unifo
          "VonMisesFisher", "VonMisesFisherMixture", "Dirichlet", "UniformSimplex"]
 
 
+SPHERE_BASES = ("UniformSphere", "VonMisesFisher", "VonMisesFisherMixture")
+SIMPLEX_BASES = ("Dirichlet", "UniformSimplex")
+
+
+def _base_build(kind: str, n: int, param: object) -> Expect:
+    """The expectation for building a base: manifolds need ``n >= 2``; concentrations must be
+    positive finite numbers (the mixture's has no None default)."""
+    if kind in SPHERE_BASES + SIMPLEX_BASES and n < 2:
+        return refuse(r"n must|dimension|>= ?2|at least", ValueError)
+    if kind not in ("VonMisesFisher", "VonMisesFisherMixture", "Dirichlet"):
+        return OK
+    if param is None:
+        return refuse(r"concentration|NoneType|float", TypeError, ValueError) if (
+            kind == "VonMisesFisherMixture") else OK
+    if isinstance(param, str):
+        return refuse(r"concentration|could not convert|str|float", TypeError, ValueError)
+    if not (math.isfinite(param) and param > 0):
+        return refuse(r"concentration", ValueError)
+    return OK
+
+
 def _base_case(data, area: str) -> None:
     kind = data.draw(st.sampled_from(BASES), label="base")
     n = data.draw(st.sampled_from([1, 2, 3, 5]), label="n")
     param = data.draw(st.sampled_from([None, 1.0, 5.0, 0.0, -1.0, 1e-8, 1e4, math.nan,
                                        math.inf, "a"]), label="parameter")
     dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
-    base = attempt(area, lambda: _base(kind, n, param))
+    base = attempt(area, lambda: _base(kind, n, param), _base_build(kind, n, param))
     if base is None:
         return
     base = base.to(dtype)
     event = tuple(base.event_shape)
     width = getattr(base, "context_features", 0)
     batch = data.draw(st.sampled_from([0, 1, 4]), label="batch")
-    c = make_context(data.draw(CONTEXT, label="context kind"), batch, width, dtype)
+    ckind = data.draw(CONTEXT, label="context kind")
+    c = make_context(ckind, batch, width, dtype)
     if data.draw(st.booleans(), label="sample"):
         count = data.draw(st.sampled_from([0, 1, 4, -1, 2.5]), label="count")
+        expect = _count(count, False)
         if width and isinstance(c, torch.Tensor) and c.dim() == 2 and isinstance(count, int):
             c = make_context("ok", max(count, 0), width, dtype)
-        out = attempt(area, lambda: base.sample_and_log_prob(count, c))
+            ckind, batch = "ok", max(count, 0)
+        if width and isinstance(count, int) and count >= 0 and ckind in ("ok", "extra") and (
+                batch != count):
+            expect = expect & refuse(r"context|batch", ValueError)
+        else:
+            expect = expect & classify_context(ckind, batch, width)
+        out = attempt(area, lambda: base.sample_and_log_prob(count, c), expect)
         if out is not None:
             z, lp = out
             assert_finite(z, (count, *event), f"{kind} sample")
@@ -371,15 +651,27 @@ def _base_case(data, area: str) -> None:
         return
     z = torch.randn(batch, *event, dtype=dtype)
     where = data.draw(st.sampled_from(["on", "off", "boundary"]), label="manifold")
-    if kind in ("UniformSphere", "VonMisesFisher", "VonMisesFisherMixture") and where != "off":
+    if kind in SPHERE_BASES and where != "off":
         z = torch.nn.functional.normalize(z, dim=-1)
-    if kind in ("Dirichlet", "UniformSimplex") and where != "off":
+    if kind in SIMPLEX_BASES and where != "off":
         z = torch.softmax(z, dim=-1)
         if where == "boundary" and batch:
             z[0] = 0
             z[0, 0] = 1
-    z = corrupt(z, data.draw(CORRUPTION, label="corruption"))
-    out = attempt(area, lambda: base.log_prob(z, c))
+    how = data.draw(CORRUPTION, label="corruption")
+    z = corrupt(z, how)
+    other_dtype = how[0] == "dtype" and how[1] == "other"
+    expect = OK if other_dtype else classify_input(how, z, False, False)
+    if expect.outcome == "ok" and batch:
+        if where == "off" and kind in SPHERE_BASES + SIMPLEX_BASES:
+            expect = refuse(r"sphere|simplex|off|outside|domain|norm|sum", ValueError)
+        elif where == "boundary" and kind == "Dirichlet":
+            expect = EXTREME  # a vertex: the density may be 0 or unbounded there
+    if other_dtype:
+        # Bases compute in the input's dtype (no parameters to disagree with) or refuse it.
+        expect = expect & Expect("either", r"dtype", (TypeError,))
+    expect = expect & classify_context(ckind, batch, width)
+    out = attempt(area, lambda: base.log_prob(z, c), expect)
     if out is not None:
         assert_finite(out, (z.shape[0],), f"{kind} log_prob", allow_neg_inf=True)
 
@@ -403,6 +695,40 @@ def _tiny_flow(context: int = 0):
     return pf.flows.build("maf", features=2, context=context, transforms=1, hidden=[8])
 
 
+def _fit_data(how: tuple, x: object) -> Expect:
+    """``fit`` takes tensors and array-likes (converted to the flow's dtype) shaped (N, 2)."""
+    if how[0] == "dtype":
+        if how[1] in (torch.int64, torch.bool):
+            return refuse(r"floating", TypeError)
+        return OK  # float16/bfloat16/float64 tensors, NumPy arrays and lists are converted
+    if how[0] == "shape":
+        return refuse(r"shape|\(N, \*event\)", ValueError)
+    assert isinstance(x, torch.Tensor)
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        return refuse(NAN_INF, ValueError)
+    return OK if how[0] == "none" or (how[0] == "scale" and how[1] == 0) else EXTREME
+
+
+def _fit_options(kwargs: dict) -> Expect:
+    expect = OK
+    for name in ("steps", "epochs", "batch_size"):
+        value = kwargs.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value <= 0):
+            expect = expect & refuse(rf"{name} must be a positive integer", ValueError)
+    if kwargs.get("steps") is not None and kwargs.get("epochs") is not None:
+        expect = expect & refuse(r"epochs or steps", ValueError)
+    lr = kwargs.get("lr", 1e-3)
+    if not (isinstance(lr, float) and math.isfinite(lr) and lr > 0):
+        expect = expect & refuse(r"lr must be", ValueError)
+    clip = kwargs.get("clip_grad", 5.0)
+    if clip is not None and not (math.isfinite(clip) and clip > 0):
+        expect = expect & refuse(r"clip_grad", ValueError)
+    if kwargs.get("schedule", "cosine") not in (None, "cosine", "plateau"):
+        expect = expect & refuse(r"schedule", ValueError)
+    return expect
+
+
 @settings(max_examples=40, **_FAST)
 @given(
     batch=st.sampled_from([0, 1, 3, 16]),
@@ -414,22 +740,53 @@ def _tiny_flow(context: int = 0):
         "lr": st.sampled_from([1e-3, 0.0, -1.0, math.nan, math.inf, "x"]),
         "clip_grad": st.sampled_from([None, 1.0, 0.0, -1.0, math.nan]),
         "schedule": st.sampled_from([None, "cosine", "plateau", "bogus"]),
-        "val_data": st.sampled_from([None, "same", "nan", "wide"]),
+        "val": st.sampled_from([None, "same", "nan", "wide"]),
     }),
 )
 def test_fuzz_fit(tmp_path_factory, batch, corruption, kwargs):
     x = corrupt(torch.randn(batch, 2), corruption)
     if "steps" not in kwargs and "epochs" not in kwargs:
         kwargs["steps"] = 2
-    val = kwargs.pop("val_data", None)
+    expect = _fit_data(corruption, x) & _fit_options(kwargs)
+    if batch == 0:
+        expect = expect & refuse(r"empty|shape", ValueError)
+    val = kwargs.pop("val", None)
     if val is not None:
-        kwargs["val_data"] = {"same": torch.randn(8, 2), "wide": torch.randn(8, 3),
-                              "nan": torch.full((8, 2), math.nan)}[val]
+        kwargs["val"] = {"same": torch.randn(8, 2), "wide": torch.randn(8, 3),
+                         "nan": torch.full((8, 2), math.nan)}[val]
+        if val == "wide":
+            expect = expect & refuse(r"shape", ValueError)
+        elif val == "nan":
+            expect = expect & refuse(NAN_INF, ValueError)
     flow = _tiny_flow()
-    history = attempt("fit", lambda: pf.fit(flow, x, progress=False, **kwargs))
+    history = attempt("fit", lambda: pf.fit(flow, x, progress=False, **kwargs), expect)
     if history is not None:
         assert all(math.isfinite(v) for v in history.step_nll)
         assert all(torch.isfinite(p).all() for p in flow.parameters())
+
+
+@settings(max_examples=15, **_FAST)
+@given(batch=st.integers(1, 40), scale=st.sampled_from([1e-3, 1.0, 10.0]),
+       kwargs=st.fixed_dictionaries({}, optional={
+           "batch_size": st.sampled_from([1, 4, 64]),
+           "lr": st.sampled_from([1e-4, 1e-3]),
+           "clip_grad": st.sampled_from([None, 1.0]),
+           "schedule": st.sampled_from([None, "cosine", "plateau"]),
+           "val": st.booleans(),
+           "numpy": st.booleans(),
+       }))
+def test_fuzz_fit_valid(batch, scale, kwargs):
+    """Valid data and options: fit must run to the end with finite losses and parameters."""
+    x = scale * torch.randn(batch, 2)
+    if kwargs.pop("val", False):
+        kwargs["val"] = torch.randn(8, 2)
+    if kwargs.pop("numpy", False):
+        x = x.numpy()
+    flow = _tiny_flow()
+    history = attempt("fit", lambda: pf.fit(flow, x, steps=3, progress=False, **kwargs), OK)
+    assert history.steps == 3
+    assert all(math.isfinite(v) for v in history.step_nll)
+    assert all(torch.isfinite(p).all() for p in flow.parameters())
 
 
 # -- save / load of damaged files -------------------------------------------------------------
@@ -484,7 +841,8 @@ def test_fuzz_damaged_checkpoints(saved, tmp_path_factory, which, how, loader):
             with pytest.raises(FileNotFoundError):  # a missing file: the OS error, documented
                 pf.load(folder)
             return
-        flow = attempt("checkpoints", lambda: pf.load(folder))
+        # A damaged file is refused, or the damage was harmless and it loads the same model.
+        flow = attempt("checkpoints", lambda: pf.load(folder), DAMAGED)
         if flow is not None:  # the damage left the file equivalent: it must load the same model
             reference = pf.load(source)
             for a, b in zip(flow.state_dict().values(), reference.state_dict().values(),
@@ -493,7 +851,7 @@ def test_fuzz_damaged_checkpoints(saved, tmp_path_factory, which, how, loader):
     elif loader == "resume":
         attempt("checkpoints", lambda: pf.fit(_tiny_flow(), torch.randn(64, 2), steps=4,
                                               progress=False, checkpoint_dir=folder,
-                                              resume=True))
+                                              resume=True), DAMAGED)
     else:
         COUNTS["checkpoints"] += 1
         code = _cli(["eval", "--checkpoint", str(folder)])
@@ -608,7 +966,21 @@ def test_fuzz_fit_reverse_kl(kind, steps, batch_size):
 
     torch.manual_seed(0)
     flow = pf.Flow(pf.transforms.Affine(2), pf.StandardNormal(2))
+    expect = OK
+    if steps < 1:
+        expect = expect & refuse(r"steps", ValueError)
+    if batch_size < 1:
+        expect = expect & refuse(r"batch_size", ValueError)
+    if kind == "raise":
+        expect = expect & refuse(r"refused", ValueError)
+    elif kind in ("nan", "inf"):
+        expect = expect & refuse(r"NaN|infinite|finite|diverge", ValueError)
+    elif kind == "int":
+        expect = expect & Expect("either")  # integer log-densities may be converted
+    elif kind != "ok":
+        expect = expect & refuse(r"log_density", ValueError, TypeError)
     history = attempt("fit", lambda: pf.fit_reverse_kl(flow, log_density, steps=steps,
-                                                      batch_size=batch_size, progress=False))
+                                                      batch_size=batch_size, progress=False),
+                      expect)
     if history is not None:
         assert all(torch.isfinite(p).all() for p in flow.parameters())

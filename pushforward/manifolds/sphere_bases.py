@@ -26,9 +26,9 @@ __all__ = ["UniformSphere", "VonMisesFisher", "VonMisesFisherMixture", "sample_v
 
 
 def _count(n: object) -> int:
-    if isinstance(n, bool) or int(n) != n or int(n) < 0:  # type: ignore[call-overload]
-        raise ValueError(f"sample: n must be a non-negative integer, got {n!r}")
-    return int(n)  # type: ignore[call-overload]
+    """A sample count, checked as everywhere else (TypeError for a non-integer, ValueError
+    for a negative one)."""
+    return _v.check_count(n, "sample")
 
 
 def sample_vmf(mean: Tensor, concentration: Tensor) -> Tensor:
