@@ -5,7 +5,7 @@ Layout (little-endian)::
     magic "PFIC" | version u8 | container u8 | dtype u8 | rank u8 | C, H, W u16 |
     count, batch, levels u32 | model CRC32 | images CRC32 | side words u32 |
     payload words u32 | side+payload CRC32 | header CRC32
-    side   : u32 × side words     (per batch and latent part: the coding window radius)
+    side   : u32 × side words     (reserved for side information; none in version 1)
     payload: u32 × payload words  (the range coder's output)
 
 Every field that decoding trusts is covered by a CRC32: a flipped bit or a cut stream is

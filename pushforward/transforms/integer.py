@@ -53,21 +53,25 @@ class IntegerAdditiveMap:
 
 
 class _Scaled(nn.Module):
-    """``net(u)`` where the first ``channels`` inputs are multiplied by ``scale`` (integers in
-    the hundreds become O(1) network inputs); a context, appended after them, is left as is."""
+    """``output_scale · net(u)`` where the first ``channels`` inputs are multiplied by ``scale``
+    (integers in the hundreds become O(1) network inputs, and O(1) outputs shifts of tens of
+    pixels); a context, appended after them, is left as is."""
 
-    def __init__(self, net: nn.Module, channels: int, scale: float) -> None:
+    def __init__(self, net: nn.Module, channels: int, scale: float,
+                 output_scale: float = 1.0) -> None:
         super().__init__()
         self.net = net
         self.channels = int(channels)
         self.scale = float(scale)
+        self.output_scale = float(output_scale)
 
     def forward(self, u: Tensor) -> Tensor:  # noqa: D102
         head = u[:, : self.channels] * self.scale
         u = torch.cat([head, u[:, self.channels:]], 1) if u.shape[1] > self.channels else head
         # Contiguous input: the decoder rebuilds the same values with another memory layout,
         # and the coder needs bit-identical network outputs in both directions.
-        return self.net(u.contiguous())
+        out = self.net(u.contiguous())
+        return out if self.output_scale == 1.0 else out * self.output_scale
 
 
 class IntegerCoupling(Coupling):
@@ -82,7 +86,8 @@ class IntegerCoupling(Coupling):
     generic test kit checks it.
 
     The conditioner sees the unchanged part multiplied by ``input_scale`` (pixels ``0…255`` are
-    fed as ``0…2``) and its last layer starts at zero, so a fresh layer is the identity.
+    fed as ``0…2``), its output is multiplied by ``output_scale`` (the shift's unit, in
+    pixels) and its last layer starts at zero, so a fresh layer is the identity.
 
     Args:
         mask: boolean tensor of the event shape (``True``: passes through), e.g. from
@@ -92,6 +97,7 @@ class IntegerCoupling(Coupling):
         blocks: residual blocks of the conv conditioner (images).
         activation: activation of the conditioner.
         input_scale: factor applied to the conditioner's input values.
+        output_scale: factor applied to the conditioner's output (the shift ``t``).
         conditioner: a custom network (then ``hidden``/``blocks``/``input_scale`` are unused);
             input and output sizes as for ``Coupling`` with one parameter per element.
         context: older spelling of ``context_features`` (kept as an alias).
@@ -118,6 +124,7 @@ class IntegerCoupling(Coupling):
         blocks: int = 1,
         activation: str = "relu",
         input_scale: float = 1.0 / 128,
+        output_scale: float = 1.0,
         conditioner: nn.Module | None = None,
         *,
         context: int | None = None,
@@ -130,11 +137,11 @@ class IntegerCoupling(Coupling):
                 c = mask.shape[0]
                 net: nn.Module = ConvNet(c + int(context), c, hidden=width, blocks=blocks,
                                          activation=activation, zero_last=True)
-                conditioner = _Scaled(net, c, input_scale)
+                conditioner = _Scaled(net, c, input_scale, output_scale)
             else:
                 widths = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
                 kept = int(mask.sum())
                 net = MLP(kept + int(context), int((~mask).sum()), widths, activation,
                           zero_last=True)
-                conditioner = _Scaled(net, kept, input_scale)
+                conditioner = _Scaled(net, kept, input_scale, output_scale)
         super().__init__(mask, IntegerAdditiveMap(), context, conditioner=conditioner)
