@@ -596,6 +596,67 @@ def _run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("compress", help="losslessly compress images with a trained integer flow (idf)")
+def _compress_parser(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("--checkpoint", required=True, help="a saved idf model folder")
+    p.add_argument("--input", required=True, help="a folder of PNG images or an IDX file")
+    p.add_argument("--out", required=True, help="the compressed file to write")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    return _run_compress
+
+
+def _coding_progress(total: int, what: str) -> Callable[[int], None]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="img", desc=what, file=sys.stderr, leave=False)
+
+    def update(done: int) -> None:
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _run_compress(args: argparse.Namespace) -> int:
+    from pushforward import compression
+    from pushforward.compression import files
+
+    flow, _ = _load(args.checkpoint)
+    images, names, kind = files.read_images(args.input)
+    started = time.time()
+    stream = compression.encode(flow, images, batch_size=args.batch_size,
+                                progress=_coding_progress(len(images), "compress"))
+    data = files.pack_names(stream, names, kind)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    print(f"{len(images)} images {images.shape[1:]} -> {out}: {len(data)} bytes, "
+          f"{8 * len(data) / images.size:.4f} bits/dim ({time.time() - started:.1f} s)")
+    return 0
+
+
+@command("decompress", help="decompress a file written by compress, bit for bit")
+def _decompress_parser(p: argparse.ArgumentParser) -> Runner:
+    p.add_argument("--checkpoint", required=True, help="the model folder used by compress")
+    p.add_argument("--input", required=True, help="a file written by compress")
+    p.add_argument("--out", required=True, help="folder for the PNG images")
+    return _run_decompress
+
+
+def _run_decompress(args: argparse.Namespace) -> int:
+    from pushforward import compression
+    from pushforward.compression import files
+
+    flow, _ = _load(args.checkpoint)
+    stream, names, kind = files.unpack_names(Path(args.input).read_bytes())
+    count = compression.stream.unpack(stream)[0].count
+    images = compression.decode(flow, stream, progress=_coding_progress(count, "decompress"))
+    written = files.write_images(images, names, kind, args.out)
+    print(f"{len(images)} images -> {args.out} ({len(written)} files)")
+    return 0
+
+
 @command("datasets", help="list the built-in datasets and flows")
 def _datasets_parser(p: argparse.ArgumentParser) -> Runner:
     return _run_datasets

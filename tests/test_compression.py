@@ -239,3 +239,37 @@ def test_a_stream_is_refused_by_another_model(trained):
                            pixel_levels=17)
     with pytest.raises(ValueError, match="different model"):
         pf.compression.decode(other, data)
+
+
+# -- the CLI ------------------------------------------------------------------------------------
+def test_cli_compress_and_decompress_png_folder_and_idx(trained, tmp_path, capsys):
+    from PIL import Image
+
+    from pushforward.cli import main
+
+    flow, test = trained
+    pf.save(flow, tmp_path / "model")
+    folder = tmp_path / "png"
+    folder.mkdir()
+    images = test[:12].numpy()
+    for i, image in enumerate(images):
+        Image.fromarray(image[0]).save(folder / f"img{i:02d}.png")
+    idx = tmp_path / "images.idx"
+    idx.write_bytes(b"\0\0\x08\x03" + np.array([12, 4, 4], ">u4").tobytes()
+                    + images[:, 0].tobytes())
+    for source, name in ((folder, "png"), (idx, "idx")):
+        packed = tmp_path / f"{name}.pfc"
+        assert main(["compress", "--checkpoint", str(tmp_path / "model"), "--input",
+                     str(source), "--out", str(packed)]) == 0
+        out = tmp_path / f"out-{name}"
+        assert main(["decompress", "--checkpoint", str(tmp_path / "model"), "--input",
+                     str(packed), "--out", str(out)]) == 0
+        for i, image in enumerate(images):
+            file = out / (f"img{i:02d}.png" if name == "png" else f"{i:05d}.png")
+            assert np.array_equal(np.asarray(Image.open(file)), image[0])
+    assert (tmp_path / "out-idx" / "images-idx3-ubyte").read_bytes() == idx.read_bytes()
+    data = (tmp_path / "idx.pfc").read_bytes()
+    (tmp_path / "bad.pfc").write_bytes(data[:-3])
+    assert main(["decompress", "--checkpoint", str(tmp_path / "model"), "--input",
+                 str(tmp_path / "bad.pfc"), "--out", str(tmp_path / "bad")]) == 1
+    assert "truncated" in capsys.readouterr().err
