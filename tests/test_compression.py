@@ -273,3 +273,29 @@ def test_cli_compress_and_decompress_png_folder_and_idx(trained, tmp_path, capsy
     assert main(["decompress", "--checkpoint", str(tmp_path / "model"), "--input",
                  str(tmp_path / "bad.pfc"), "--out", str(tmp_path / "bad")]) == 1
     assert "truncated" in capsys.readouterr().err
+
+
+# -- lossy --------------------------------------------------------------------------------------
+def test_lossy_rate_falls_and_distortion_rises_with_the_step(trained):
+    from pushforward.compression import lossy
+
+    flow, test = trained
+    images = test[:100]
+    results = []
+    for step in (1, 2, 4):
+        for prior in (None, lossy.fit_prior(flow, test[100:300], step, steps=40)):
+            data = lossy.encode_lossy(flow, prior, images, step)
+            decoded = lossy.decode_lossy(flow, prior, data)
+            expected = lossy.reconstruct(flow, lossy.quantize(flow, images, step), step)
+            assert np.array_equal(decoded.numpy(), expected)  # what the encoder predicted
+            mse = float(((decoded.double() - images.double()) ** 2).mean())
+            results.append((step, prior is None, len(data), mse))
+    conditional = [r for r in results if r[1]]
+    assert conditional[0][3] == 0.0  # step 1 is lossless
+    assert [r[2] for r in conditional] == sorted((r[2] for r in conditional), reverse=True)
+    assert conditional[1][3] < conditional[2][3]
+    data = lossy.encode_lossy(flow, None, images, 2)
+    with pytest.raises(ValueError):
+        lossy.decode_lossy(flow, None, data[:-2])
+    with pytest.raises(ValueError, match="positive"):
+        lossy.encode_lossy(flow, None, images, 0.0)
