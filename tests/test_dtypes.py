@@ -93,6 +93,7 @@ def _build_public(name: str):
         "Coupling": lambda cls: cls(coupling_mask(3, "half")),
         "AffineCoupling": lambda cls: cls(coupling_mask(3, "half")),
         "AdditiveCoupling": lambda cls: cls(coupling_mask(3, "half")),
+        "IntegerCoupling": lambda cls: cls(coupling_mask(3, "half")),
         "Sigmoid": lambda cls: cls(),
         "Logit": lambda cls: cls(),
         "InvertibleConv1x1": lambda cls: cls((3, 2, 2)),
@@ -130,7 +131,8 @@ def _exercise(obj: nn.Module, dtype: torch.dtype) -> None:
     name = type(obj).__name__
     if isinstance(obj, Transform):
         shape = obj.event_shape or (3,)
-        if name in {"NormalizedTranslation", "NormalizedLinear", "NormalizedAffine"}:
+        if name in {"NormalizedTranslation", "NormalizedLinear", "NormalizedAffine",
+                    "SphereCNF"} or hasattr(obj, "sphere"):
             x = _sphere(shape[0])
         elif name in {"Calibration", "GeneralizedCalibration"}:
             x = _simplex(shape[0])
