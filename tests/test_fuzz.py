@@ -665,8 +665,9 @@ def _base_case(data, area: str) -> None:
     if expect.outcome == "ok" and batch:
         if where == "off" and kind in SPHERE_BASES + SIMPLEX_BASES:
             expect = refuse(r"sphere|simplex|off|outside|domain|norm|sum", ValueError)
-        elif where == "boundary" and kind == "Dirichlet":
-            expect = EXTREME  # a vertex: the density may be 0 or unbounded there
+        elif where == "boundary" and kind in SIMPLEX_BASES:
+            # A vertex (zero probabilities) lies outside the open simplex, the bases' domain.
+            expect = refuse(r"simplex|outside", ValueError)
     if other_dtype:
         # Bases compute in the input's dtype (no parameters to disagree with) or refuse it.
         expect = expect & Expect("either", r"dtype", (TypeError,))
