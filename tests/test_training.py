@@ -96,7 +96,9 @@ def test_fit_argument_errors():
     with pytest.raises(ValueError, match="batch_size"):
         fit(flow, x, steps=1, batch_size=0, progress=False)
     with pytest.raises(TypeError, match="train"):
-        fit(flow, [1, 2, 3], steps=1, progress=False)
+        fit(flow, "not data", steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"train must be shaped \(N, \*event\)"):
+        fit(flow, [1, 2, 3], steps=1, progress=False)  # array-likes are converted, then checked
     with pytest.raises(ValueError, match="empty"):
         fit(flow, torch.zeros(0, 2), steps=1, progress=False)
     with pytest.raises(ValueError, match="checkpoint_dir"):
