@@ -40,10 +40,10 @@ STEPS = {"digits": (2, 3, 4, 6, 8), "fashion-mnist": (4, 8, 12, 16, 24, 32)}
 QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 
 
-def psnr(x: np.ndarray, y: np.ndarray, peak: float) -> float:
-    """``10 log₁₀(peak² / MSE)`` over all pixels."""
+def psnr(x: np.ndarray, y: np.ndarray, peak: float) -> float | None:
+    """``10 log₁₀(peak² / MSE)`` over all pixels (None when the images are identical)."""
     mse = float(np.mean((x.astype(np.float64) - y.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(peak ** 2 / mse)
+    return None if mse == 0 else 10 * math.log10(peak ** 2 / mse)
 
 
 def jpeg_curve(images: np.ndarray, levels: int) -> list[dict]:
@@ -93,7 +93,7 @@ def run_dataset(name: str, out: Path, quick: bool, test_limit: int | None) -> di
                            "bpp": 8 * len(stream) / test[:, 0].size,
                            "psnr": psnr(decoded, test, levels - 1)})
             print(name, points[-1], flush=True)
-    jpeg = jpeg_curve(test, levels)
+    jpeg = [j for j in jpeg_curve(test, levels) if j["psnr"] is not None]
     for p in points:  # JPEG's PSNR at the flow's rate (linear interpolation in bpp)
         rates = [j["bpp"] for j in jpeg]
         p["jpeg_psnr_at_rate"] = (float(np.interp(p["bpp"], rates, [j["psnr"] for j in jpeg]))
@@ -112,12 +112,12 @@ def plot(results: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
     for ax, r in zip(axes[0], results):
         for prior, marker in (("factorised", "o-"), ("conditional", "^-")):
-            mine = [p for p in r["flow"] if p["prior"] == prior]
+            mine = [p for p in r["flow"] if p["prior"] == prior and p["psnr"] is not None]
             ax.plot([p["bpp"] for p in mine], [p["psnr"] for p in mine], marker,
                     label=f"IDF latent quantised, {prior} prior")
         ax.plot([j["bpp"] for j in r["jpeg"]], [j["psnr"] for j in r["jpeg"]], "s--",
                 color="C7", label="JPEG (Pillow, one sheet)")
-        for p in r["flow"]:
+        for p in (p for p in r["flow"] if p["psnr"] is not None):
             ax.annotate(f"Δ={p['step']}", (p["bpp"], p["psnr"]), fontsize=7,
                         textcoords="offset points", xytext=(3, -9))
         ax.set_xlabel("bits per pixel")
@@ -139,7 +139,8 @@ def table(results: list[dict]) -> str:
                   "|---|---:|---:|---:|---:|"]
         for p in r["flow"]:
             jpeg = "—" if p["jpeg_psnr_at_rate"] is None else f"{p['jpeg_psnr_at_rate']:.2f}"
-            lines.append(f"| {p['prior']} | {p['step']} | {p['bpp']:.3f} | {p['psnr']:.2f} | "
+            quality = "lossless" if p["psnr"] is None else f"{p['psnr']:.2f}"
+            lines.append(f"| {p['prior']} | {p['step']} | {p['bpp']:.3f} | {quality} | "
                          f"{jpeg} |")
         lines += ["", "JPEG qualities: " + ", ".join(
             f"q{j['quality']}: {j['bpp']:.2f} bpp / {j['psnr']:.1f} dB" for j in r["jpeg"]), ""]

@@ -299,3 +299,24 @@ def test_lossy_rate_falls_and_distortion_rises_with_the_step(trained):
         lossy.decode_lossy(flow, None, data[:-2])
     with pytest.raises(ValueError, match="positive"):
         lossy.encode_lossy(flow, None, images, 0.0)
+
+
+# -- the example scripts (slow: they train) -----------------------------------------------------
+@pytest.mark.slow
+def test_compression_examples_quick(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "examples"
+    modules = {}
+    for name in ("compression", "lossy_compression"):
+        spec = importlib.util.spec_from_file_location(f"example_{name}", folder / f"{name}.py")
+        modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[name])
+    results = modules["compression"].main(["--quick", "--out", str(tmp_path),
+                                           "--datasets", "digits"])
+    assert results[0]["round_trip_exact"] and abs(results[0]["overhead_percent"]) < 5
+    assert (tmp_path / "compression.png").stat().st_size > 1000
+    lossy_results = modules["lossy_compression"].main(["--quick", "--out", str(tmp_path),
+                                                       "--datasets", "digits"])
+    assert len(lossy_results[0]["flow"]) == 4 and (tmp_path / "lossy.png").is_file()
