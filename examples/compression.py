@@ -16,7 +16,7 @@ headers amortised). Writes ``compression.md``, ``compression.json`` and ``compre
 
 Run::
 
-    python examples/compression.py --out results/compression          # ≈15 min, one thread
+    python examples/compression.py --out results/compression          # ≈30 min, one thread
     python examples/compression.py --out /tmp/c --quick                # seconds: smoke test
 """
 
