@@ -61,9 +61,9 @@ def _check_flow(flow: object) -> IntegerFlow:
 
 @contextlib.contextmanager
 def _deterministic(flow: IntegerFlow) -> Iterator[IntegerFlow]:
-    """A float64, eval-mode copy of ``flow`` evaluated on one thread, without gradients."""
+    """A float64, eval-mode CPU copy of ``flow`` evaluated on one thread, without gradients."""
     threads = torch.get_num_threads()
-    copy64 = copy.deepcopy(flow).double().eval()
+    copy64 = copy.deepcopy(flow).cpu().double().eval()
     torch.set_num_threads(1)
     try:
         with torch.no_grad(), _v.validation(False):
