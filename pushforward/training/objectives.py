@@ -137,7 +137,8 @@ def _velocity_transform(flow: nn.Module) -> Any:
 class FlowMatching(Objective):
     """Conditional flow matching: regress the CNF's field on a conditional path's velocity.
 
-    With ``z ~ p_0`` (``flow.base``), ``x`` a data batch, ``t ~ U[0, 1]`` and
+    With ``z ~ p_0`` (``flow.base``), ``x`` a data batch, ``t ~ U[0, 1]`` (or
+    ``path.sample_time(batch, dtype=, device=)`` when the path defines one) and
     ``(x_t, u_t) = path.sample(z, x, t)``, the loss is
 
         L(θ) = E ‖v_θ(t, x_t, c) − u_t(x_t | z, x)‖²,
@@ -228,7 +229,11 @@ class FlowMatching(Objective):
             z = z.to(dtype=x.dtype, device=x.device)
             if self._coupling(flow) == "ot" and batch > 1:
                 z = z[ot_pairing(path.cost(z, x))]
-            t = torch.rand(batch, dtype=x.dtype, device=x.device)
+            sample_time = getattr(path, "sample_time", None)
+            if callable(sample_time):
+                t = sample_time(batch, dtype=x.dtype, device=x.device)
+            else:
+                t = torch.rand(batch, dtype=x.dtype, device=x.device)
             x_t, u_t = path.sample(z, x, t)
         v = transform.velocity(t, x_t, ctx)
         loss = (v - u_t).pow(2).reshape(batch, -1).sum(-1).mean()
