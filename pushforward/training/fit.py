@@ -346,7 +346,7 @@ def fit(
     epochs: int | None = None,
     steps: int | None = None,
     batch_size: int = 256,
-    lr: float = 1e-3,
+    lr: float | None = None,
     schedule: str | None = "cosine",
     warmup: int = 0,
     min_lr_ratio: float = 0.0,
@@ -382,7 +382,8 @@ def fit(
         epochs: passes over ``train``; or give ``steps`` (default 1,000 steps if neither).
         steps: optimisation steps in total.
         batch_size: batch size per process.
-        lr: Adam's (peak) learning rate.
+        lr: Adam's (peak) learning rate; None: the objective's default (1e-3 for maximum
+            likelihood, 3e-3 for flow matching).
         schedule: ``"cosine"`` (decay to ``min_lr_ratio · lr`` at the last step), ``"plateau"``
             (multiply by ``plateau_factor`` after ``plateau_patience`` stalled validations) or
             None (constant).
@@ -416,8 +417,7 @@ def fit(
             independent with a context.
         ema: decay of an exponential moving average of the weights (``0``: none), used for
             validation, for the best-model restore and for the final weights; None: the
-            objective's default (none for MLE; see ``FLOW_MATCHING_DEFAULTS`` for flow
-            matching).
+            objective's default (none for maximum likelihood, 0.995 for flow matching).
 
     Returns:
         The ``History`` (per-epoch and per-step train NLL, val NLL).
@@ -435,13 +435,15 @@ def fit(
         _check_positive(name, value)
     if epochs is not None and steps is not None:
         raise ValueError("fit: give epochs or steps, not both")
+    objective = make_objective(objective, coupling)
+    if lr is None:
+        lr = objective.default_lr
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"fit: lr must be a positive number, got {lr!r}")
     if clip_grad is not None and not (math.isfinite(clip_grad) and clip_grad > 0):
         raise ValueError(f"fit: clip_grad must be positive or None, got {clip_grad!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("fit: resume=True needs a checkpoint_dir")
-    objective = make_objective(objective, coupling)
     objective.check(flow)
     decay = objective.default_ema if ema is None else float(ema)
     if not (0.0 <= decay < 1.0):

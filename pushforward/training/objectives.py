@@ -10,7 +10,8 @@ translation. Every objective has:
   the regression loss for flow matching);
 - ``uses_model_forward``: whether the loss runs through ``model(x, context)`` (the DDP-wrapped
   flow); an objective that does not gets its gradients averaged across processes by ``fit``;
-- ``default_ema``: the weight-averaging decay ``fit`` uses when ``ema`` is not given.
+- ``default_ema``, ``default_lr``: the weight-averaging decay and the peak learning rate ``fit``
+  uses when ``ema`` / ``lr`` are not given.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Objective:
     name = "objective"
     uses_model_forward = True
     default_ema = 0.0
+    default_lr = 1e-3
 
     def check(self, flow: nn.Module) -> None:
         """Raise ``ValueError`` if ``flow`` cannot be trained with this objective."""
@@ -161,6 +163,13 @@ class FlowMatching(Objective):
             independent with context).
         path: a path overriding the transform's own (None: ``flow.transform.path``).
         ema: the default decay of ``fit``'s weight average under this objective.
+        lr: the default peak learning rate of ``fit`` under this objective.
+
+    Defaults (measured, 3,000 steps, test NLL of the exact density; checkerboard, 8 Gaussians,
+    pinwheel mean): lr 3e-3 → 3.045 nats against 3.130 at 1e-3; OT pairing against
+    independent 3.260; batch 512 3.107 (256 kept: half the time); EMA 0.999 3.131 (no change
+    on the toys, where the cosine schedule already anneals; 0.995 is what won on the sphere,
+    with lr 3e-3).
 
     Raises:
         ValueError: an unknown coupling; ``"ot"`` with a conditional flow.
@@ -184,7 +193,9 @@ class FlowMatching(Objective):
     name = "flow-matching"
     uses_model_forward = False
 
-    def __init__(self, coupling: str = "auto", path: Any = None, ema: float = 0.0) -> None:
+    def __init__(
+        self, coupling: str = "auto", path: Any = None, ema: float = 0.995, lr: float = 3e-3
+    ) -> None:
         if coupling not in (*COUPLINGS, "auto"):
             raise ValueError(
                 f"FlowMatching: unknown coupling {coupling!r}; choose one of "
@@ -196,6 +207,10 @@ class FlowMatching(Objective):
         self.coupling = coupling
         self.path = path
         self.default_ema = _decay(ema)
+        lr = float(lr)
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"FlowMatching: lr must be a positive number, got {lr}")
+        self.default_lr = lr
 
     def check(self, flow: nn.Module) -> None:
         """Raise ``ValueError`` unless ``flow`` has one velocity-field transform and a base."""
@@ -240,7 +255,8 @@ class FlowMatching(Objective):
         return loss, loss.detach()
 
     def __repr__(self) -> str:
-        return f"FlowMatching(coupling={self.coupling!r}, ema={self.default_ema})"
+        return (f"FlowMatching(coupling={self.coupling!r}, ema={self.default_ema}, "
+                f"lr={self.default_lr:g})")
 
 
 def _decay(value: float) -> float:
@@ -272,9 +288,7 @@ def make_objective(objective: str | Objective, coupling: str | None = None) -> O
             raise ValueError("fit: coupling= only applies to objective='flow-matching'")
         return MaximumLikelihood()
     if objective in ("flow-matching", "fm"):
-        return FlowMatching(coupling=coupling or "auto", ema=DEFAULT_FM_EMA)
+        return FlowMatching(coupling=coupling or "auto")
     raise ValueError(f"fit: unknown objective {objective!r}; choose one of "
                      f"{', '.join(OBJECTIVES)} or pass an Objective")
 
-
-DEFAULT_FM_EMA = 0.0
