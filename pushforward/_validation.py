@@ -58,19 +58,34 @@ def in_torch_func() -> bool:
 
 
 def is_validating() -> bool:
-    """Whether input checks are on (never inside a ``torch.func`` transform)."""
+    """Whether input checks are on (never inside a ``torch.func`` transform).
+
+    Returns:
+        True when checks run (the default), False after ``set_validation(False)``.
+    """
     return _ENABLED and not in_torch_func()
 
 
 def set_validation(enabled: bool) -> None:
-    """Turn input checks on or off globally."""
+    """Turn input checks on or off globally.
+
+    Args:
+        enabled: True to check inputs (the default), False to skip the checks for speed.
+    """
     global _ENABLED
     _ENABLED = bool(enabled)
 
 
 @contextlib.contextmanager
 def validation(enabled: bool) -> Iterator[None]:
-    """Context manager that sets the validation switch and restores it on exit."""
+    """Context manager that sets the validation switch and restores it on exit.
+
+    Args:
+        enabled: the switch's value inside the ``with`` block.
+
+    Returns:
+        A context manager: ``with pf.validation(False): flow.log_prob(x)``.
+    """
     previous = _ENABLED
     set_validation(enabled)
     try:

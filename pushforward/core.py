@@ -184,6 +184,9 @@ class Inverse(Transform):
     """The inverse of a transform: ``Inverse(t)(x) = t.inverse(x)``.
 
     Shares ``t``'s parameters; ``Inverse(t).inv is t``.
+
+    Args:
+        transform: the transform to invert (its parameters are shared, not copied).
     """
 
     def __init__(self, transform: Transform) -> None:
@@ -217,6 +220,16 @@ class Chain(Transform):
     """Composition ``f = f_K ∘ … ∘ f_1``; ``Chain([t1, t2])`` applies ``t1`` first (forward).
 
     ``ladj = Σ_k ladj_k``; the inverse applies the inverses in reverse order.
+
+    Args:
+        transforms: the layers, in the order the forward (generative) direction applies them.
+
+    Example:
+        >>> import torch, pushforward as pf
+        >>> t = pf.Chain([pf.transforms.Affine(2, scale=2.0), pf.transforms.Affine(2, scale=3.0)])
+        >>> x, ladj = t(torch.ones(1, 2))
+        >>> x.tolist(), round(ladj.item(), 4)  # ladj = 2 log 6
+        ([[6.0, 6.0]], 3.5835)
     """
 
     def __init__(self, transforms: Iterable[Transform]) -> None:

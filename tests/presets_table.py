@@ -31,7 +31,9 @@ def _markdown(text: str) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Escape the pipes of a table cell outside code spans (Python-Markdown keeps those)."""
+    parts = text.split("`")
+    return "`".join(p if i % 2 else p.replace("|", "\\|") for i, p in enumerate(parts))
 
 
 def _parse(doc: str) -> tuple[str, str, dict[str, str]]:
@@ -71,7 +73,7 @@ def _annotation(parameter: inspect.Parameter) -> str:
     if annotation is inspect.Parameter.empty:
         return ""
     text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
-    return f"`{_cell(text)}`"
+    return f"`{text}`"
 
 
 def _api_path(preset: object) -> str:
@@ -83,8 +85,7 @@ def _api_path(preset: object) -> str:
 def generate() -> str:
     """The Markdown between the markers: the summary table and one section per preset."""
     rows = [
-        "| name (`pf.flows.build(name, ...)`, `--flow name`) | preset | layers | conditional | "
-        "images |",
+        "| name | preset | layers | conditional | images |",
         "|---|---|---|---|---|",
     ]
     sections = []

@@ -73,7 +73,14 @@ def _deterministic(flow: IntegerFlow) -> Iterator[IntegerFlow]:
 
 
 def model_checksum(flow: torch.nn.Module) -> int:
-    """CRC32 of the flow's parameters and buffers (names, shapes, float64 bytes)."""
+    """CRC32 of the flow's parameters and buffers (names, shapes, float64 bytes).
+
+    Args:
+        flow: any module.
+
+    Returns:
+        The CRC32, an unsigned 32-bit integer (streams record it to refuse another model).
+    """
     crc = 0
     for name, tensor in flow.state_dict().items():
         crc = zlib.crc32(name.encode(), crc)
@@ -344,6 +351,13 @@ def information_content(flow: IntegerFlow, images: Tensor | np.ndarray) -> float
 
     The ideal code length that ``encode`` approaches (``len(encode(flow, x)) · 8`` exceeds it
     by the overhead described in the module docstring).
+
+    Args:
+        flow: a trained IDF.
+        images: integer images, as for ``encode``.
+
+    Returns:
+        The total in bits (divide by the number of pixels for bits per dimension).
     """
     flow = _check_flow(flow)
     x, *_ = _as_images(flow, images)

@@ -83,7 +83,16 @@ class FactorizedPrior(nn.Module):
 
 
 def quantize(flow: IntegerFlow, images: Tensor | np.ndarray, step: float) -> list[Tensor]:
-    """``q = ⌊f⁻¹(x)/Δ⌉`` as the latent parts ``[o_0, …, z_top]`` (float64 tensors of integers)."""
+    """``q = ⌊f⁻¹(x)/Δ⌉`` as the latent parts ``[o_0, …, z_top]`` (float64 tensors of integers).
+
+    Args:
+        flow: a trained image IDF.
+        images: integer images, as for ``pushforward.compression.encode``.
+        step: the quantisation step ``Δ`` (pixel units).
+
+    Returns:
+        One tensor per latent part, ``(N, c, h, w)`` each.
+    """
     flow = _check_flow(flow)
     step = _check_step(step)
     x, *_ = _as_images(flow, images)
@@ -96,7 +105,16 @@ def quantize(flow: IntegerFlow, images: Tensor | np.ndarray, step: float) -> lis
 
 
 def reconstruct(flow: IntegerFlow, parts: list[Tensor], step: float) -> np.ndarray:
-    """``x̂ = clip(⌊f(Δ·q)⌉, 0, levels − 1)`` as int64 ``(N, C, H, W)``."""
+    """``x̂ = clip(⌊f(Δ·q)⌉, 0, levels − 1)`` as int64 ``(N, C, H, W)``.
+
+    Args:
+        flow: the IDF that produced the latents.
+        parts: the quantised latent parts, as ``quantize`` returns them.
+        step: the step ``Δ`` they were quantised with.
+
+    Returns:
+        The reconstructed images.
+    """
     flow = _check_flow(flow)
     with _deterministic(flow) as model:
         ms = model.transform
@@ -111,7 +129,19 @@ def reconstruct(flow: IntegerFlow, parts: list[Tensor], step: float) -> np.ndarr
 
 def fit_prior(flow: IntegerFlow, images: Tensor | np.ndarray, step: float,
               components: int = 3, steps: int = 300, lr: float = 0.05) -> FactorizedPrior:
-    """Fit a ``FactorizedPrior`` to the quantised latents of ``images`` (full-batch Adam)."""
+    """Fit a ``FactorizedPrior`` to the quantised latents of ``images`` (full-batch Adam).
+
+    Args:
+        flow: a trained image IDF.
+        images: training images (integers), as for ``pushforward.compression.encode``.
+        step: the quantisation step ``Δ`` the prior will code.
+        components: logistic components per channel.
+        steps: Adam steps.
+        lr: Adam's learning rate.
+
+    Returns:
+        The fitted prior, in eval mode.
+    """
     parts = [p.float() for p in quantize(flow, images, step)]
     prior = FactorizedPrior([tuple(p.shape[1:]) for p in parts], components)
     with torch.no_grad():  # start every channel at its mean and spread
@@ -197,6 +227,9 @@ def encode_lossy(flow: IntegerFlow, prior: FactorizedPrior | None,
         images: integer images, as for ``pushforward.compression.encode``.
         step: the quantisation step ``Δ`` (pixel units).
 
+    Returns:
+        The stream, as bytes.
+
     Raises:
         ValueError: as ``pushforward.compression.encode``, or a non-positive step.
     """
@@ -216,6 +249,15 @@ def encode_lossy(flow: IntegerFlow, prior: FactorizedPrior | None,
 def decode_lossy(flow: IntegerFlow, prior: FactorizedPrior | None, data: bytes
                  ) -> Tensor | np.ndarray:
     """The reconstruction ``x̂`` from a stream of ``encode_lossy`` (same flow and prior).
+
+    Args:
+        flow: the IDF the stream was encoded with.
+        prior: the same ``FactorizedPrior`` (or None) as at encoding.
+        data: the stream.
+
+    Returns:
+        The reconstruction, in the container (tensor or array), dtype and rank of the encoded
+        images.
 
     Raises:
         ValueError: a corrupted, truncated or foreign stream, another model or prior.

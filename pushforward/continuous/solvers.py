@@ -37,7 +37,14 @@ def check_method(method: str) -> str:
 
 
 def default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
-    """``(rtol, atol)`` used when none is given: tight in float64, FFJORD's 1e-5 otherwise."""
+    """``(rtol, atol)`` used when none is given: tight in float64, FFJORD's 1e-5 otherwise.
+
+    Args:
+        dtype: the state's dtype.
+
+    Returns:
+        ``(1e-8, 1e-10)`` in float64, ``(1e-5, 1e-5)`` otherwise.
+    """
     if dtype == torch.float64:
         return 1e-8, 1e-10
     return 1e-5, 1e-5

@@ -289,6 +289,10 @@ def IDF(
         splits: extra levels after the last squeeze, each ``transforms`` couplings then a
             factor-out split at the same resolution (None: until one channel remains).
 
+    Returns:
+        An ``IntegerFlow`` (a ``Flow`` on integer pixels whose ``log_prob`` is the exact
+        ``log P(x)`` of the discrete image), ready for ``pushforward.compression.encode``.
+
     Raises:
         ValueError: invalid options.
 

@@ -53,6 +53,9 @@ def SphereCNF(
         time_power: ``p`` of the flow-matching training times ``t = 1 − (1 − u)^p`` (more
             weight near the data end: the sharp structure of clustered data is learned there).
 
+    Returns:
+        A ``Flow`` whose transform is a ``SphereCNF`` on a ``UniformSphere`` base.
+
     Example:
         >>> import torch, pushforward as pf
         >>> flow = pf.flows.build("sphere-cnf", features=3, hidden=(16,))
