@@ -58,7 +58,11 @@ class GeodesicPath:
         ([0.7071, 0.7071, 0.0], 1.5708)
     """
 
-    def __init__(self, n: int, time_power: float = 2.0) -> None:
+    #: the noise-data pairing flow matching should use by default: minibatch OT pairing was
+    #: measured to hurt on the sphere (volcano validation NLL −1.5 with OT, −2.6 without).
+    coupling = "independent"
+
+    def __init__(self, n: int, time_power: float = 3.0) -> None:
         self.sphere = Sphere(n)
         self.n = self.sphere.n
         self.time_power = float(time_power)

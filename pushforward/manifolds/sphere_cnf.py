@@ -241,7 +241,7 @@ class SphereCNF(Transform):
         method: str = "dopri5",
         steps: int | None = None,
         options: dict | None = None,
-        time_power: float = 2.0,
+        time_power: float = 3.0,
     ) -> None:
         self.sphere = Sphere(n)
         super().__init__((self.sphere.n,), context_features=int(context_features))

@@ -23,13 +23,13 @@ def SphereCNF(
     *,
     hidden: Sequence[int] = (512, 512, 512, 512),
     activation: str = "silu",
-    frequencies: int = 6,
+    frequencies: int = 8,
     time_frequencies: int = 0,
     rtol: float | None = None,
     atol: float | None = None,
     method: str = "dopri5",
     steps: int | None = None,
-    time_power: float = 2.0,
+    time_power: float = 3.0,
 ) -> Flow:
     """A continuous flow on ``𝕊^{features−1}`` with a uniform base (Riemannian flow matching).
 
