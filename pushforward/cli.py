@@ -33,6 +33,8 @@ DEFAULT_DATASET = "moons"
 DEFAULT_FLOW = "nsf"
 DEFAULT_STEPS = 2000
 DEFAULT_LR = 2e-3
+SPHERE_FLOWS = ("sphere", "sphere-cnf")
+FLOW_MATCHING_FLOWS = ("sphere-cnf",)
 DEFAULT_BATCH = 256
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
@@ -123,10 +125,11 @@ def _build_flow(name: str, bundle: Any, options: dict[str, Any]) -> Any:
 
     if name.lower() not in flows.names():
         raise CommandError(f"unknown flow {name!r}; choose one of {', '.join(flows.names())}")
-    if bundle.kind == "sphere" and name.lower() != "sphere":
-        raise CommandError(f"--manifold sphere needs the 'sphere' flow, not {name!r}")
-    if bundle.kind != "sphere" and name.lower() == "sphere":
-        raise CommandError("the 'sphere' flow needs latitude/longitude data: add "
+    if bundle.kind == "sphere" and name.lower() not in SPHERE_FLOWS:
+        raise CommandError(f"--manifold sphere needs a flow on the sphere "
+                           f"({', '.join(SPHERE_FLOWS)}), not {name!r}")
+    if bundle.kind != "sphere" and name.lower() in SPHERE_FLOWS:
+        raise CommandError(f"the {name.lower()!r} flow needs latitude/longitude data: add "
                            "--manifold sphere and a .csv/.npy file")
     layers = list(bundle.preprocess)
     params = inspect.signature(_REGISTRY[name.lower()]).parameters
@@ -428,9 +431,13 @@ def _run_train(args: argparse.Namespace) -> int:
              "kind": bundle.kind, "event_shape": list(bundle.event_shape),
              "levels": bundle.levels}
     start = time.time()
+    # sphere-cnf trains by Riemannian flow matching, at fit's flow-matching lr unless given
+    matching = settings["flow"].lower() in FLOW_MATCHING_FLOWS
     history = fit(
         flow, bundle.train, bundle.val, steps=settings["steps"], epochs=settings["epochs"],
-        batch_size=settings["batch_size"], lr=settings["lr"],
+        batch_size=settings["batch_size"],
+        lr=None if matching and args.lr is None else settings["lr"],
+        objective="flow-matching" if matching else "mle",
         schedule=None if settings["schedule"] == "none" else settings["schedule"],
         clip_grad=settings["clip_grad"], val_every=settings["val_every"],
         patience=settings["patience"], seed=settings["seed"], checkpoint_dir=out,
