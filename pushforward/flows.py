@@ -12,8 +12,10 @@ from pushforward.presets.autoregressive import IAF, MAF, NSF
 from pushforward.presets.breadth import NAF, ResidualFlow, Sylvester
 from pushforward.presets.continuous import CNF
 from pushforward.presets.discrete import NICE, Glow, Planar, Radial, RealNVP
+from pushforward.presets.idf import IDF
 from pushforward.presets.manifolds import SphericalFlow
+from pushforward.presets.sphere_cnf import SphereCNF
 
 __all__ = ["build", "config_of", "names", "register", "MAF", "IAF", "NSF",
            "Planar", "Radial", "NICE", "RealNVP", "Glow",
-           "Sylvester", "ResidualFlow", "NAF", "SphericalFlow", "CNF"]
+           "IDF", "Sylvester", "ResidualFlow", "NAF", "SphericalFlow", "CNF", "SphereCNF"]
