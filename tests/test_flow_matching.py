@@ -152,7 +152,8 @@ def test_fixed_step_solvers_and_solver_override():
     z = torch.randn(8, 2)
     with adaptive.transform.solver(method="rk4", steps=64):
         x_fixed = adaptive.transform(z)[0]
-    torch.testing.assert_close(x_fixed, adaptive.transform(z)[0], rtol=1e-4, atol=1e-4)
+    # both within the adaptive solver's tolerance (1e-5 per step) of the exact map
+    torch.testing.assert_close(x_fixed, adaptive.transform(z)[0], rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("context", [0, 2])
