@@ -76,13 +76,13 @@ def density_map(flow: pf.Flow, test: torch.Tensor, title: str, path: Path) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lat = np.linspace(-89, 89, 90)  # 2° cells: 16,200 ODE solves
-    lon = np.linspace(-179, 179, 180)
+    lat = np.linspace(-88.5, 88.5, 60)  # 3° cells: 7,200 ODE solves
+    lon = np.linspace(-178.5, 178.5, 120)
     la, lo = np.meshgrid(np.radians(lat), np.radians(lon), indexing="ij")
     grid = np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], -1)
     with torch.no_grad():
         logp = flow.log_prob(torch.as_tensor(grid.reshape(-1, 3), dtype=torch.float32))
-    logp = logp.reshape(90, 180).numpy()
+    logp = logp.reshape(60, 120).numpy()
     fig, ax = plt.subplots(figsize=(9, 4.6), constrained_layout=True)
     image = ax.imshow(np.clip(logp, logp.max() - 12, None), origin="lower",
                       extent=(-180, 180, -90, 90), cmap="magma", aspect="auto")
