@@ -131,13 +131,13 @@ def test_trained_density_integrates_to_one_on_s2():
            handle_signals=False)
     flow = flow.double()
     # Gauss–Legendre in cos θ times a uniform rule in φ: exact for smooth integrands
-    c, w = np.polynomial.legendre.leggauss(160)
+    c, w = np.polynomial.legendre.leggauss(80)
     nodes, weights = torch.as_tensor(c), torch.as_tensor(w)
-    phi = torch.arange(320, dtype=torch.float64) * (2 * math.pi / 320)
+    phi = torch.arange(160, dtype=torch.float64) * (2 * math.pi / 160)
     cz, ph = torch.meshgrid(nodes, phi, indexing="ij")
     s = torch.sqrt(1 - cz ** 2)
     grid = torch.stack([s * torch.cos(ph), s * torch.sin(ph), cz], -1).reshape(-1, 3)
-    with torch.no_grad(), flow.transform.solver(rtol=1e-7, atol=1e-7):
+    with torch.no_grad(), flow.transform.solver(rtol=1e-6, atol=1e-6):
         density = torch.cat([flow.log_prob(chunk).exp() for chunk in grid.split(8192)])
-    total = float((density.reshape(160, 320) * weights[:, None]).sum() * (2 * math.pi / 320))
+    total = float((density.reshape(80, 160) * weights[:, None]).sum() * (2 * math.pi / 160))
     assert abs(total - 1) < 0.01
