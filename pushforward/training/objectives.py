@@ -179,8 +179,9 @@ class FlowMatching(Objective):
     validation still measures the exact validation NLL.
 
     Args:
-        coupling: ``"ot"``, ``"independent"`` or ``"auto"`` (OT without context,
-            independent with context).
+        coupling: ``"ot"``, ``"independent"`` or ``"auto"`` (independent with a context;
+            otherwise the path's own ``coupling`` attribute when it has one, e.g. the sphere's
+            geodesic path, else OT).
         path: a path overriding the transform's own (None: ``flow.transform.path``).
         ema: the default decay of ``fit``'s weight average under this objective.
         lr: the default peak learning rate of ``fit`` under this objective.
@@ -243,9 +244,12 @@ class FlowMatching(Objective):
                 "biases a conditional flow; use coupling='independent' (or 'auto')"
             )
 
-    def _coupling(self, flow: Flow) -> str:
+    def _coupling(self, flow: Flow, path: Any) -> str:
         if self.coupling == "auto":
-            return "independent" if flow.context_features else "ot"
+            if flow.context_features:
+                return "independent"
+            preferred = getattr(path, "coupling", None)  # a path may state its own default
+            return preferred if preferred in COUPLINGS else "ot"
         return self.coupling
 
     def loss(
@@ -262,7 +266,7 @@ class FlowMatching(Objective):
             else:
                 z = flow.base.sample(batch)
             z = z.to(dtype=x.dtype, device=x.device)
-            if self._coupling(flow) == "ot" and batch > 1:
+            if self._coupling(flow, path) == "ot" and batch > 1:
                 z = z[ot_pairing(path.cost(z, x))]
             sample_time = getattr(path, "sample_time", None)
             if callable(sample_time):
