@@ -150,7 +150,7 @@ def _as_tensors(data: Any, dtype: torch.dtype) -> Any:
 class _Source:
     """Uniform batch access to a tensor, an ``(x, context)`` pair or a Dataset."""
 
-    def __init__(self, data: Any, name: str) -> None:
+    def __init__(self, data: Any, name: str, discrete: bool = False) -> None:
         self.context: Tensor | None = None
         self.dataset: Dataset | None = None
         self.tensor: Tensor | None = None
@@ -173,6 +173,10 @@ class _Source:
                 f"Dataset, got {type(data).__name__}"
             )
         if self.tensor is not None:
+            if discrete and not self.tensor.is_floating_point() and self.tensor.dtype not in (
+                    torch.bool, torch.complex64, torch.complex128):
+                # An integer discrete flow (IDF) trains on the raw integers, not dequantised.
+                self.tensor = self.tensor.to(torch.get_default_dtype())
             if not self.tensor.is_floating_point():
                 raise TypeError(f"fit: {name} must be a floating-point tensor, got "
                                 f"{self.tensor.dtype}")
@@ -452,8 +456,9 @@ def fit(
     like = _anchor(flow)
     dtype = torch.get_default_dtype() if like is None else like.dtype
     train, val = _as_tensors(train, dtype), _as_tensors(val, dtype)
-    source = _Source(train, "train")
-    val_source = None if val is None else _Source(val, "val")
+    discrete = bool(getattr(flow, "discrete", False))
+    source = _Source(train, "train", discrete)
+    val_source = None if val is None else _Source(val, "val", discrete)
     event = getattr(flow, "event_shape", None)
     for src, name in ((source, "train"), (val_source, "val")):
         if src is not None and src.tensor is not None and event is not None and tuple(
@@ -734,7 +739,14 @@ def fit_reverse_kl(
     Args:
         flow: the flow to train (in place).
         log_density: maps ``x (n, *event)`` to ``log p̃(x) (n,)``, differentiable in ``x``.
-        steps, batch_size, lr, schedule, clip_grad, seed, progress, max_bad_steps: as in ``fit``.
+        steps: optimisation steps.
+        batch_size: samples drawn from the flow per step.
+        lr: Adam's (peak) learning rate.
+        schedule: ``"cosine"`` or None (constant), as in ``fit``.
+        clip_grad: maximum global gradient norm (None: no clipping).
+        seed: seeds torch and the draws.
+        progress: show a tqdm bar with the live loss.
+        max_bad_steps: raise ``TrainingDiverged`` after this many non-finite steps in a row.
         estimate_samples: draws for the final estimates.
 
     Returns:
