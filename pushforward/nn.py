@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from pushforward.fused import FlatSlots, _Plan, fast_path_enabled, flatten_linears, relu_stack
+
 __all__ = ["MLP", "MADE", "MaskedLinear", "ConvNet", "activation", "with_context"]
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -49,8 +51,17 @@ def activation(name: str | Callable[[], nn.Module]) -> nn.Module:
 _make_activation = activation
 
 
+class _Linear(FlatSlots, nn.Linear):
+    """``nn.Linear`` whose weight and bias can move into an owner's flat parameter."""
+
+
 class MLP(nn.Sequential):
     """A multi-layer perceptron ``in_features -> hidden... -> out_features``.
+
+    With ``fused=True`` all weights and biases live in one parameter ``flat`` (the layers read
+    views of it; ``state_dict`` keeps the per-layer keys ``0.weight``, ``0.bias``...), and a
+    ReLU network runs as one autograd node with a written-out backward (``pushforward.fused``).
+    Coupling layers build their vector conditioners so.
 
     Args:
         in_features: input width.
@@ -58,6 +69,12 @@ class MLP(nn.Sequential):
         hidden: widths of the hidden layers.
         activation: name or factory of the activation between layers.
         zero_last: initialise the last layer to zero (the transform starts at the identity).
+        fused: one flat parameter and the fused path (see above).
+
+    Example:
+        >>> import torch
+        >>> MLP(3, 2, hidden=(8,), fused=True)(torch.randn(5, 3)).shape
+        torch.Size([5, 2])
     """
 
     def __init__(
@@ -67,16 +84,20 @@ class MLP(nn.Sequential):
         hidden: Sequence[int] = (64, 64),
         activation: str | Callable[[], nn.Module] = "relu",
         zero_last: bool = False,
+        fused: bool = False,
     ) -> None:
         widths = [int(in_features), *(int(h) for h in hidden), int(out_features)]
         layers: list[nn.Module] = []
+        relu = True
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            layers.append(nn.Linear(a, b))
+            layers.append(_Linear(a, b))
             if i < len(widths) - 2:
                 act = _make_activation(activation)
                 if type(act) is nn.ReLU:
                     # it always follows a Linear whose fresh output nothing else reads
                     act.inplace = True
+                else:
+                    relu = False
                 layers.append(act)
         super().__init__(*layers)
         self.in_features = widths[0]
@@ -86,9 +107,31 @@ class MLP(nn.Sequential):
             assert isinstance(last, nn.Linear)
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
+        self._plan: _Plan | None = None
+        if fused:
+            linears = [(str(i), m) for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
+            flatten_linears(self, linears)
+            self._plan = _stack_plan([m for _, m in linears]) if relu else None
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        plan = self._plan
+        if (plan is not None and x.dim() == 2 and x.dtype == self.flat.dtype
+                and fast_path_enabled()):
+            return relu_stack(x, None, self.flat, plan, self._general)
         return super().forward(x)
+
+    def _general(self, x: Tensor, context: Tensor | None, flat: Tensor) -> Tensor:
+        return super().forward(x)
+
+
+def _stack_plan(layers: Sequence[nn.Module], context: nn.Module | None = None) -> _Plan:
+    """Slots of the flat parameter for each layer of a ReLU stack (see ``pushforward.fused``)."""
+    slots = []
+    for layer in layers:
+        (w, w_shape), (b, b_shape) = layer._flat_slots["weight"], layer._flat_slots["bias"]
+        slots.append((w, w_shape, b, b_shape.numel()))
+    context_slot = context._flat_slots["weight"] if context is not None else None
+    return _Plan(slots, context_slot)
 
 
 def with_context(x: Tensor, context: Tensor | None) -> Tensor:
@@ -107,11 +150,13 @@ def with_context(x: Tensor, context: Tensor | None) -> Tensor:
 # -- MADE: masked autoencoder for distribution estimation -------------------------------------
 
 
-class MaskedLinear(nn.Linear):
+class MaskedLinear(FlatSlots, nn.Linear):
     """A linear layer with a fixed 0/1 connectivity mask: ``y = (W ⊙ M) x + b``.
 
-    The mask is applied once per call (``weight * mask``), so a masked entry never contributes
-    and never receives a gradient, whatever value the stored weight takes.
+    The mask is applied at every call (``masked_weight()``), so a masked entry never contributes
+    and never receives a gradient, whatever value the stored weight takes. (Inside a ``MADE``
+    the weight lives in the MADE's flat parameter and the fused path caches ``W ⊙ M`` once per
+    parameter update instead.)
 
     Args:
         mask: ``(out_features, in_features)`` 0/1 tensor.
@@ -124,11 +169,11 @@ class MaskedLinear(nn.Linear):
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
     def masked_weight(self) -> Tensor:
-        """``W ⊙ M``."""
+        """``W ⊙ M`` (differentiable in ``W``)."""
         return self.weight * self.mask
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+        return nn.functional.linear(x, self.masked_weight(), self.bias)
 
 
 def _degrees(features: int, ordering: str | Sequence[int] | Tensor, seed: int) -> Tensor:
@@ -223,20 +268,53 @@ class MADE(nn.Module):
         out_degrees = degrees.repeat_interleave(p)
         layers.append(MaskedLinear(out_degrees[:, None] > previous[None, :]))
         self.layers = nn.ModuleList(layers)
-        self.context = nn.Linear(c, layers[0].out_features, bias=False) if c else None
+        self.context = _Linear(c, layers[0].out_features, bias=False) if c else None
         self.activation = _make_activation(activation)
+        # every weight and bias in one parameter ``flat`` (state_dict keys unchanged)
+        named = [(f"layers.{i}", layer) for i, layer in enumerate(layers)]
+        if self.context is not None:
+            named.append(("context", self.context))
+        flatten_linears(self, named)
+        self._plan = _stack_plan(layers, self.context)
+        self._fusable = not self.residual and type(self.activation) is nn.ReLU
 
-    def _first(self, x: Tensor, context: Tensor | None) -> Tensor:
+    def _checked(self, context: Tensor | None) -> Tensor | None:
         if self.context is None:
             if context is not None:
                 raise ValueError("MADE: got a context but context_features=0")
-            return x
-        if context is None:
+        elif context is None:
             raise ValueError(f"MADE: needs a context of width {self.context_features}")
-        return x + self.context(context)
+        return context
+
+    def _first(self, x: Tensor, context: Tensor | None) -> Tensor:
+        return x if self.context is None else x + self.context(context)
+
+    def _masked(self) -> tuple[list[Tensor], list[Tensor]]:
+        """``W ⊙ M`` and ``b`` per layer: differentiable when a gradient can flow to them,
+        otherwise cached once per parameter update."""
+        layers = self.layers
+        if torch.is_grad_enabled() and self.flat.requires_grad:
+            return [layer.masked_weight() for layer in layers], [layer.bias for layer in layers]
+        plan = self._plan
+        plan.masks = [layer.mask for layer in layers]
+        weights, biases, _ = plan.weights(self.flat)
+        return weights, biases
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Parameters ``(*batch, d, params)`` of every feature, in one pass."""
+        context = self._checked(context)
+        if (self._fusable and x.dim() == 2 and x.dtype == self.flat.dtype
+                and (context is None or (context.dim() == 2 and context.dtype == x.dtype))
+                and fast_path_enabled()):
+            plan = self._plan
+            plan.masks = [layer.mask for layer in self.layers]
+            h = relu_stack(x, context, self.flat, plan, self._general)
+        else:
+            h = self._general(x, context, self.flat)
+        return h.unflatten(-1, (self.features, self.params))
+
+    def _general(self, x: Tensor, context: Tensor | None, flat: Tensor) -> Tensor:
+        """The differentiable formula (the general path), ``(*batch, d * params)``."""
         layers = self.layers
         h = self._first(layers[0](x), context)
         last = len(layers) - 1
@@ -250,7 +328,7 @@ class MADE(nn.Module):
                 h = layers[i](torch.relu_(h))
             else:
                 h = layers[i](self.activation(h))
-        return h.unflatten(-1, (self.features, self.params))
+        return h
 
     def sequential(
         self,
@@ -276,15 +354,16 @@ class MADE(nn.Module):
             ``u`` and the extras, both ``(batch, d)``.
         """
         layers = self.layers
-        weights = [layer.weight * layer.mask for layer in layers]
+        context = self._checked(context)
+        weights, biases = self._masked()
         first = weights[0]
         # The first layer at u = 0 (one product, so every weight is in the graph even when a
         # feature's column is never used), then one rank-one update per generated feature.
-        pre = self._first(nn.functional.linear(torch.zeros_like(like), first, layers[0].bias),
+        pre = self._first(nn.functional.linear(torch.zeros_like(like), first, biases[0]),
                           context)
         d, p = self.features, self.params
         out_weight = weights[-1].unflatten(0, (d, p))
-        out_bias = layers[-1].bias.unflatten(0, (d, p))
+        out_bias = biases[-1].unflatten(0, (d, p))
         last = len(layers) - 1
         order = self._order()
         values: list[Tensor] = []
@@ -299,11 +378,9 @@ class MADE(nn.Module):
                 h = pre
                 for k in range(1, last):
                     if self.residual:
-                        h = h + nn.functional.linear(
-                            self.activation(h), weights[k], layers[k].bias
-                        )
+                        h = h + nn.functional.linear(self.activation(h), weights[k], biases[k])
                     else:
-                        h = nn.functional.linear(self.activation(h), weights[k], layers[k].bias)
+                        h = nn.functional.linear(self.activation(h), weights[k], biases[k])
                 params = nn.functional.linear(self.activation(h), out_weight[i], out_bias[i])
             value, extra = step(i, params)
             values.append(value)

@@ -155,8 +155,9 @@ class Coupling(Transform):
                 )
             else:
                 widths = (hidden, hidden) if isinstance(hidden, int) else tuple(hidden)
+                # one flat parameter and the fused ReLU path (pushforward.fused)
                 conditioner = MLP(n_id + c, n_tr * n_params, widths, activation,
-                                  zero_last=bool(identity_init))
+                                  zero_last=bool(identity_init), fused=True)
         self.conditioner = conditioner
         self._n_params = n_params
         # Regular index sets (halves, alternating features) are read as strided views.
