@@ -2,21 +2,31 @@
 
 ``build(name, **options)`` builds one from a string; the flow remembers
 ``{"flow": name, "options": ...}`` in ``flow.config`` so a checkpoint can rebuild it.
+Each preset declares at registration what it accepts (``accepts(name)``): ``"vectors"``
+(``features=d``), ``"images"`` (``shape=(C, H, W)``), ``"sphere"`` / ``"simplex"`` (points on
+the manifold, ambient ``features=n``), ``"integers"`` (integer data, a discrete flow) and
+``"context"`` (``context=c`` makes it conditional). The CLI, the tests and the docs read the
+declaration; nothing inspects signatures.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from pushforward._validation import check_int
 from pushforward.core import Flow
 
-__all__ = ["register", "build", "names", "config_of"]
+__all__ = ["CAPABILITIES", "register", "build", "names", "config_of", "accepts", "preset"]
 
 Preset = Callable[..., Flow]
 _REGISTRY: dict[str, Preset] = {}
+_ACCEPTS: dict[str, frozenset[str]] = {}
+
+CAPABILITIES = frozenset({"vectors", "images", "sphere", "simplex", "integers", "context"})
+"""What a preset can declare that it accepts."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -46,12 +56,7 @@ def _check_common(name: str, arguments: dict[str, Any]) -> None:
     for option, minimum in (("features", 1), ("context", 0), ("transforms", 1)):
         if option not in arguments or (arguments[option] is None and option != "context"):
             continue  # features=None (a shape instead) and transforms=None (the default)
-        value = arguments[option]
-        if not _is_int(value):
-            raise TypeError(f"{name} preset: {option} must be an integer, got "
-                            f"{type(value).__name__} {value!r}")
-        if value < minimum:
-            raise ValueError(f"{name} preset: {option} must be >= {minimum}, got {value}")
+        check_int(arguments[option], f"{name} preset", option, minimum)
     hidden = arguments.get("hidden")
     if hidden is not None:
         widths = [hidden] if _is_int(hidden) else hidden
@@ -63,19 +68,29 @@ def _check_common(name: str, arguments: dict[str, Any]) -> None:
             raise ValueError(f"{name} preset: hidden widths must be >= 1, got {hidden!r}")
 
 
-def register(name: str) -> Callable[[Preset], Preset]:
+def register(
+    name: str, accepts: Iterable[str] = ("vectors", "context")
+) -> Callable[[Preset], Preset]:
     """Register a preset under ``name`` (case-insensitive); its flows record their options.
 
     Args:
         name: the registry key (stored lower-case; ``build`` and ``--flow`` look it up).
+        accepts: what the preset accepts, from ``CAPABILITIES`` (``"vectors"``, ``"images"``,
+            ``"sphere"``, ``"simplex"``, ``"integers"``, ``"context"``); read back by
+            ``accepts(name)``.
 
     Returns:
         A decorator that registers the preset function and returns a wrapper which binds the
         call's options (defaults included) and stores them in ``flow.config``.
 
     Raises:
-        ValueError: another preset function is already registered under ``name``.
+        ValueError: another preset function is already registered under ``name``, or
+            ``accepts`` names an unknown capability.
     """
+    declared = frozenset(accepts)
+    if isinstance(accepts, str) or not declared or declared - CAPABILITIES:
+        raise ValueError(f"preset {name!r}: accepts must be a non-empty collection of "
+                         f"{sorted(CAPABILITIES)}, got {accepts!r}")
 
     def decorate(fn: Preset) -> Preset:
         signature = inspect.signature(fn)
@@ -102,6 +117,8 @@ def register(name: str) -> Callable[[Preset], Preset]:
         if previous is not None and previous.__qualname__ != fn.__qualname__:
             raise ValueError(f"a preset named {name!r} is already registered")
         _REGISTRY[key] = preset
+        _ACCEPTS[key] = declared
+        preset.accepts = declared  # type: ignore[attr-defined]
         return preset
 
     return decorate
@@ -119,6 +136,46 @@ def names() -> list[str]:
         True
     """
     return sorted(_REGISTRY)
+
+
+def preset(name: str) -> Preset:
+    """The registered preset function called ``name`` (case-insensitive).
+
+    Args:
+        name: a name from ``names()``.
+
+    Returns:
+        The preset function (``preset(name)(**options)`` is ``build(name, **options)``).
+
+    Raises:
+        ValueError: no preset has that name (the message lists the known ones).
+    """
+    try:
+        return _REGISTRY[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown flow {name!r}; choose one of {', '.join(names())}") from None
+
+
+def accepts(name: str) -> frozenset[str]:
+    """What the preset called ``name`` declared that it accepts.
+
+    Args:
+        name: a name from ``names()``.
+
+    Returns:
+        A subset of ``CAPABILITIES``: ``"vectors"`` (``features=d``), ``"images"``
+        (``shape=(C, H, W)``), ``"sphere"``, ``"simplex"``, ``"integers"``, ``"context"``.
+
+    Raises:
+        ValueError: no preset has that name.
+
+    Example:
+        >>> import pushforward as pf
+        >>> sorted(pf.flows.accepts("glow"))
+        ['context', 'images', 'vectors']
+    """
+    preset(name)
+    return _ACCEPTS[name.lower()]
 
 
 def build(name: str, **options: Any) -> Flow:
@@ -141,11 +198,7 @@ def build(name: str, **options: Any) -> Flow:
         >>> flow.config["flow"], flow.config["options"]["transforms"]
         ('maf', 2)
     """
-    try:
-        preset = _REGISTRY[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown flow {name!r}; choose one of {', '.join(names())}") from None
-    return preset(**options)
+    return preset(name)(**options)
 
 
 def config_of(flow: Flow) -> dict[str, Any]:

@@ -185,6 +185,38 @@ def check_count(n: object, owner: str) -> int:
     return n
 
 
+def check_int(value: object, owner: str, name: str, minimum: int = 1) -> int:
+    """An integer option ``value >= minimum`` (a Python or NumPy integer, not a bool or float).
+
+    The one positive-int check of the package: presets, training and the CLI call it.
+
+    Args:
+        value: the value to check.
+        owner: who asks (the start of the message).
+        name: the option's name (in the message).
+        minimum: the smallest accepted value.
+
+    Returns:
+        ``value`` as an ``int``.
+
+    Raises:
+        TypeError: ``value`` is not an integer.
+        ValueError: ``value < minimum``.
+
+    Example:
+        >>> check_int(3, "MAF", "transforms")
+        3
+    """
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: {name} must be an integer >= {minimum}, got "
+                        f"{type(value).__name__} {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_context(
     context: object, context_features: int, batch: int | None, owner: str
 ) -> None:

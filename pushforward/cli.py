@@ -33,7 +33,6 @@ DEFAULT_DATASET = "moons"
 DEFAULT_FLOW = "nsf"
 DEFAULT_STEPS = 2000
 DEFAULT_LR = 2e-3
-SPHERE_FLOWS = ("sphere", "sphere-cnf")
 FLOW_MATCHING_FLOWS = ("sphere-cnf",)
 DEFAULT_BATCH = 256
 HISTORY_FILE = "history.json"
@@ -117,23 +116,21 @@ def _set_threads(threads: int | None, image: bool) -> None:
 
 
 def _build_flow(name: str, bundle: Any, options: dict[str, Any]) -> Any:
-    import inspect
-
     import pushforward.flows as flows
-    from pushforward._registry import _REGISTRY
     from pushforward.data.preprocess import Reshape, wrap
 
     if name.lower() not in flows.names():
         raise CommandError(f"unknown flow {name!r}; choose one of {', '.join(flows.names())}")
-    if bundle.kind == "sphere" and name.lower() not in SPHERE_FLOWS:
+    accepted = flows.accepts(name)
+    sphere_flows = [n for n in flows.names() if "sphere" in flows.accepts(n)]
+    if bundle.kind == "sphere" and "sphere" not in accepted:
         raise CommandError(f"--manifold sphere needs a flow on the sphere "
-                           f"({', '.join(SPHERE_FLOWS)}), not {name!r}")
-    if bundle.kind != "sphere" and name.lower() in SPHERE_FLOWS:
+                           f"({', '.join(sphere_flows)}), not {name!r}")
+    if bundle.kind != "sphere" and "sphere" in accepted:
         raise CommandError(f"the {name.lower()!r} flow needs latitude/longitude data: add "
                            "--manifold sphere and a .csv/.npy file")
     layers = list(bundle.preprocess)
-    params = inspect.signature(_REGISTRY[name.lower()]).parameters
-    if bundle.kind == "image" and "shape" in params:
+    if bundle.kind == "image" and "images" in accepted:
         flow = flows.build(name, shape=list(bundle.event_shape), **options)
     else:
         if bundle.kind == "image":

@@ -1,8 +1,8 @@
 """The preset tables of ``docs/guide/presets.md``, generated from the registry and docstrings.
 
 Every name in ``pf.flows.names()`` gets a row in the summary table (its layers: the docstring's
-summary line; conditional: it takes ``context``; images: it takes ``shape``) and a section with
-its options: every keyword of its signature, the default and the docstring's ``Args`` entry.
+summary line; conditional and images: what it declares, ``pf.flows.accepts(name)``) and a section
+with its options: every keyword of its signature, the default and the docstring's ``Args`` entry.
 ``tests/test_docs.py`` fails when the page differs from what this module generates; rewrite the
 page with::
 
@@ -95,9 +95,10 @@ def generate() -> str:
         summary, description, args = _parse(preset.__doc__ or "")
         api = _api_path(preset)
         short = api.replace("pushforward.", "pf.", 1)
-        conditional = "yes: `context=k`" if "context" in parameters else "no"
+        accepted = pf.flows.accepts(name)  # declared at registration, never guessed
+        conditional = "yes: `context=k`" if "context" in accepted else "no"
         images = (
-            f"yes: `shape=`, {_cell(args.get('shape', ''))}" if "shape" in parameters else "no"
+            f"yes: `shape=`, {_cell(args.get('shape', ''))}" if "images" in accepted else "no"
         )
         rows.append(
             f"| [`{name}`](#{name}) | `{short}` | {_cell(_markdown(summary))} | {conditional} "

@@ -17,62 +17,8 @@ PRESETS = [
 ]
 
 
-def _perturbed(name, options, features=3, context=0, scale=0.2):
-    torch.manual_seed(0)
-    flow = pf.flows.build(name, features=features, context=context, **options).double()
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return flow
-
-
-def _brute_force_log_prob(flow, x, context=None):
-    """``log p₀(z) − log|det ∂f/∂z|``, autograd Jacobian of the forward at ``z = f⁻¹(x)``."""
-    z = flow.transform.inverse(x, context)[0].detach()
-    out = []
-    for i in range(x.shape[0]):
-        ctx = None if context is None else context[i : i + 1]
-
-        def f(zi, ctx=ctx):
-            return flow.transform(zi.unsqueeze(0), ctx)[0][0]
-
-        jac = torch.autograd.functional.jacobian(f, z[i])
-        base = flow._base_log_prob(z[i : i + 1], ctx)[0]
-        out.append(base - torch.linalg.slogdet(jac)[1])
-    return torch.stack(out), z
-
-
-@pytest.mark.parametrize(("name", "options"), PRESETS, ids=lambda v: str(v))
-@pytest.mark.parametrize("context", [0, 2])
-def test_preset_log_prob_matches_brute_force(name, options, context):
-    flow = _perturbed(name, options, context=context)
-    generator = torch.Generator().manual_seed(1)
-    x = 1.5 * torch.randn(5, 3, generator=generator, dtype=torch.float64)
-    ctx = torch.randn(5, context, generator=generator, dtype=torch.float64) if context else None
-    log_p = flow.log_prob(x, ctx)
-    reference, z = _brute_force_log_prob(flow, x, ctx)
-    assert torch.allclose(log_p, reference, atol=1e-10, rtol=0)
-    x_back = flow.transform(z, ctx)[0]
-    assert torch.allclose(x_back, x, atol=1e-10, rtol=0)
-
-
-@pytest.mark.parametrize(("name", "options"), PRESETS, ids=lambda v: str(v))
-def test_preset_shapes_gradients_and_rebuild(name, options):
-    flow = pf.flows.build(name, features=2, **options)
-    x = torch.randn(8, 2)
-    loss = -flow.log_prob(x).mean()
-    loss.backward()
-    assert all(p.grad is not None for p in flow.parameters() if p.requires_grad)
-    assert flow.sample(4).shape == (4, 2)
-    samples, log_p = flow.sample_and_log_prob(4)
-    assert samples.shape == (4, 2) and log_p.shape == (4,)
-    config = pf.flows.config_of(flow)
-    clone = pf.flows.build(config["flow"], features=2, **{
-        k: v for k, v in config["options"].items() if k != "features"})
-    clone.load_state_dict(flow.state_dict())
-    flow.eval()
-    clone.eval()
-    assert torch.allclose(clone.log_prob(x), flow.log_prob(x), atol=1e-5)
+# Brute-force change of variables, shapes, gradients and save/load of these presets: the preset
+# kit, tests/test_preset_kit.py.
 
 
 @pytest.mark.parametrize(("name", "options"), PRESETS[::2], ids=lambda v: str(v))

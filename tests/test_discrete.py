@@ -1,5 +1,5 @@
-"""Discrete families: presets against a brute-force change of variables, Planar's numerical
-inverse on strongly perturbed parameters, learning on 2-D toys, shapes, save/load, bad input."""
+"""Discrete families: Planar's numerical inverse on strongly perturbed parameters, learning on
+2-D toys, shapes, save/load, bad input (their presets' change of variables: test_preset_kit.py)."""
 
 import math
 
@@ -39,70 +39,8 @@ def _perturb(flow, scale=0.1, seed=0):
     return flow
 
 
-def _brute_force_log_prob(flow, x, context):
-    """``log p_0(z) − log|det ∂f/∂z|`` at ``z = f⁻¹(x)`` with the autograd Jacobian of ``f``."""
-    z, _ = flow.transform.inverse(x, context)
-    z = z.detach()
-    out = []
-    for i in range(x.shape[0]):
-        ctx = None if context is None else context[i : i + 1]
-
-        def f(zi, ctx=ctx):
-            return flow.transform(zi.unsqueeze(0), ctx)[0].reshape(-1)
-
-        jac = torch.autograd.functional.jacobian(f, z[i])
-        jac = jac.reshape(jac.shape[0], -1)
-        assert jac.shape[0] == jac.shape[1]
-        out.append(flow.base.log_prob(z[i : i + 1])[0] - torch.linalg.slogdet(jac)[1])
-    return torch.stack(out)
-
-
-def _check_change_of_variables(flow, x, context):
-    flow = _perturb(flow.double())
-    flow.log_prob(x, context)  # training mode: ActNorm initialises on this batch
-    flow.eval()
-    log_p = flow.log_prob(x, context)
-    reference = _brute_force_log_prob(flow, x, context)
-    assert torch.allclose(log_p, reference, atol=1e-6, rtol=0), (log_p, reference)
-
-
-@pytest.mark.parametrize("context", [0, 2])
-@pytest.mark.parametrize(("name", "options"), VECTOR_PRESETS)
-def test_vector_preset_log_prob_is_the_change_of_variables(name, options, context):
-    torch.manual_seed(0)
-    flow = pf.flows.build(name, features=3, context=context, **options)
-    x = torch.randn(4, 3, dtype=torch.float64)
-    ctx = torch.randn(4, context, dtype=torch.float64) if context else None
-    _check_change_of_variables(flow, x, ctx)
-
-
-@pytest.mark.parametrize("shape", [(1, 4, 4), (2, 4, 4)])
-@pytest.mark.parametrize(("name", "options"), IMAGE_PRESETS)
-def test_image_preset_log_prob_is_the_change_of_variables(name, options, shape):
-    torch.manual_seed(0)
-    flow = pf.flows.build(name, shape=shape, **options)
-    assert isinstance(flow.transform, MultiScale)
-    assert flow.base.event_shape == (math.prod(shape),)
-    x = torch.rand(3, *shape, dtype=torch.float64)
-    _check_change_of_variables(flow, x, None)
-
-
-@pytest.mark.parametrize(("name", "options"), IMAGE_PRESETS)
-def test_image_preset_with_context(name, options):
-    torch.manual_seed(0)
-    flow = pf.flows.build(name, shape=(1, 4, 4), context=2, **options)
-    x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
-    ctx = torch.randn(2, 2, dtype=torch.float64)
-    _check_change_of_variables(flow, x, ctx)
-    other = flow.log_prob(x, ctx + 1)
-    assert not torch.allclose(other, flow.log_prob(x, ctx))
-
-
-def test_flattened_image_presets():
-    flow = pf.flows.NICE(shape=(1, 2, 2), transforms=2, hidden=[8])
-    x = torch.randn(3, 1, 2, 2, dtype=torch.float64)
-    _check_change_of_variables(flow, x, None)
-    assert flow.sample(5).shape == (5, 1, 2, 2)
+# The change of variables of every preset (vectors, images, flattened images, with a context)
+# is checked by the preset kit, tests/test_preset_kit.py.
 
 
 def test_image_levels_adapt_to_small_images():

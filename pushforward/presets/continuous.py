@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pushforward._registry import register
+from pushforward._validation import check_int
 from pushforward.continuous.augment import AugmentedFlow
 from pushforward.continuous.cnf import CNF as _CNF
 from pushforward.continuous.fields import TimeMLP
@@ -16,13 +17,7 @@ __all__ = ["CNF"]
 EXACT_TRACE_MAX_FEATURES = 8
 
 
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"CNF: {name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-@register("cnf")
+@register("cnf", accepts=("vectors", "context"))
 def CNF(
     features: int,
     context: int = 0,
@@ -100,10 +95,10 @@ def CNF(
         >>> flow.log_prob(torch.randn(5, 2)).shape
         torch.Size([5])
     """
-    features = _positive_int("features", features)
-    context = _positive_int("context", context, 0)
-    transforms = _positive_int("transforms", transforms)
-    augment = _positive_int("augment", augment, 0)
+    features = check_int(features, "CNF", "features")
+    context = check_int(context, "CNF", "context", 0)
+    transforms = check_int(transforms, "CNF", "transforms")
+    augment = check_int(augment, "CNF", "augment", 0)
     width = features + augment
     if trace is None:
         trace = "exact" if width <= EXACT_TRACE_MAX_FEATURES else "hutchinson"

@@ -239,13 +239,7 @@ def _levels(h: int, w: int, requested: int) -> int:
     return levels
 
 
-def _count(option: str, value: object, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"IDF: {option} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-@register("idf")
+@register("idf", accepts=("images", "vectors", "integers"))
 def IDF(
     features: int | None = None,
     *,
@@ -307,18 +301,18 @@ def IDF(
         >>> flow.log_prob(x).shape
         torch.Size([3])
     """
-    k = _count("transforms", transforms)
-    n_components = _count("components", components)
-    n_pixels = _count("pixel_levels", pixel_levels, 2)
+    k = _v.check_int(transforms, "IDF", "transforms")
+    n_components = _v.check_int(components, "IDF", "components")
+    n_pixels = _v.check_int(pixel_levels, "IDF", "pixel_levels", 2)
     if shape is None:
         if features is None:
             raise ValueError("IDF: give features (integer vectors) or shape=(C, H, W) (images)")
-        d = _count("features", features, 2)
+        d = _v.check_int(features, "IDF", "features", 2)
         if isinstance(hidden, bool):
             raise ValueError(f"IDF: hidden must be widths, got {hidden!r}")
         widths = [hidden, hidden] if isinstance(hidden, int) else list(hidden)
         for h_ in widths:
-            _count("hidden", h_)
+            _v.check_int(h_, "IDF", "hidden")
         unit = max(n_pixels / 8, 1.0)
         couplings = [IntegerCoupling(coupling_mask(d, "alternating", flip=i % 2 == 1),
                                      hidden=tuple(widths), input_scale=2.0 / n_pixels,
@@ -335,13 +329,13 @@ def IDF(
     c, h, w = shape
     if features is not None and features != c * h * w:
         raise ValueError(f"IDF: features={features} disagrees with shape {shape}")
-    width = _count("hidden", hidden)
-    n_blocks = _count("blocks", blocks, 0)
-    n_levels = _levels(h, w, _count("levels", levels))
+    width = _v.check_int(hidden, "IDF", "hidden")
+    n_blocks = _v.check_int(blocks, "IDF", "blocks", 0)
+    n_levels = _levels(h, w, _v.check_int(levels, "IDF", "levels"))
     if n_levels == 0 and c * h * w < 2:
         raise ValueError(f"IDF: a {shape} image has one pixel; nothing to couple")
     if splits is not None:
-        _count("splits", splits, 0)
+        _v.check_int(splits, "IDF", "splits", 0)
     unit = max(n_pixels / 8, 1.0)
     options = dict(hidden=width, blocks=n_blocks, input_scale=2.0 / n_pixels,
                    output_scale=unit / 2)

@@ -23,7 +23,7 @@ __all__ = ["SphericalFlow"]
 _BASES = ("uniform", "vmf", "mixture")
 
 
-@register("sphere")
+@register("sphere", accepts=("sphere", "context"))
 def SphericalFlow(
     features: int = 3,
     context: int = 0,

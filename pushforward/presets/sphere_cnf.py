@@ -16,7 +16,7 @@ from pushforward.manifolds.sphere_cnf import SphereCNF as _SphereCNF
 __all__ = ["SphereCNF"]
 
 
-@register("sphere-cnf")
+@register("sphere-cnf", accepts=("sphere", "context"))
 def SphereCNF(
     features: int = 3,
     context: int = 0,

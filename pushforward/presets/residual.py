@@ -1,31 +1,110 @@
-"""Presets beyond the article: Sylvester flows, residual flows and neural autoregressive flows."""
+"""Residual presets, ``x = z + g(z)`` layer by layer: Planar, Radial, Sylvester and ResidualFlow.
+
+Planar, radial and Sylvester layers are contractive-free residual maps with a closed-form ladj
+and a numerical inverse (the density direction); residual flows put the residual on the
+normalizing side (one pass for the density, fixed-point iteration to sample).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from pushforward._registry import register
+from pushforward._validation import check_int
 from pushforward.core import Flow, Transform
 from pushforward.distributions import StandardNormal
-from pushforward.transforms import naf as _naf
+from pushforward.presets._common import dimension, vector_flow
+from pushforward.transforms import planar as _planar
 from pushforward.transforms import residual as _residual
 from pushforward.transforms import sylvester as _sylvester
 from pushforward.transforms.elementwise import Affine
 from pushforward.transforms.normalization import ActNorm
 
-__all__ = ["Sylvester", "ResidualFlow", "NAF"]
+__all__ = ["Planar", "Radial", "Sylvester", "ResidualFlow"]
 
 
-def _check(name: str, features: int, context: int, transforms: int) -> None:
-    if isinstance(features, bool) or int(features) < 1:
-        raise ValueError(f"{name}: features must be a positive int, got {features!r}")
-    if int(context) < 0:
-        raise ValueError(f"{name}: context must be >= 0, got {context!r}")
-    if int(transforms) < 1:
-        raise ValueError(f"{name}: transforms must be >= 1, got {transforms!r}")
+@register("planar", accepts=("vectors", "images", "context"))
+def Planar(
+    features: int | None = None,
+    context: int = 0,
+    *,
+    shape: Sequence[int] | None = None,
+    transforms: int = 16,
+    hidden: Sequence[int] = (32,),
+    activation: str = "tanh",
+) -> Flow:
+    """A stack of planar layers and a final elementwise affine map (Rezende & Mohamed, 2015).
+
+    ``x = A(f_K ∘ … ∘ f_1(z))``, ``f_k`` planar, ``A`` elementwise affine. The density needs
+    the numerical inverse of every planar layer (bracketed Newton, to round-off).
+
+    Args:
+        features: the dimension (or give ``shape``).
+        context: context width; each layer's ``(u, w, b)`` then comes from a network of it.
+        shape: an event shape to model flattened (e.g. ``(C, H, W)``).
+        transforms: the number of planar layers.
+        hidden: hidden widths of the context networks.
+        activation: activation of the context networks.
+
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
+
+    References:
+        Variational Inference with Normalizing Flows, Rezende & Mohamed, 2015, arXiv:1505.05770.
+
+    Example:
+        >>> import torch
+        >>> Planar(2, transforms=2).log_prob(torch.randn(5, 2)).shape
+        torch.Size([5])
+    """
+    d = dimension("Planar", features, shape)
+    k = check_int(transforms, "Planar", "transforms")
+    layers: list[Transform] = [
+        _planar.Planar(d, context, tuple(hidden), activation) for _ in range(k)
+    ]
+    return vector_flow([*layers, Affine(d)], d, shape)
 
 
-@register("sylvester")
+@register("radial", accepts=("vectors", "images", "context"))
+def Radial(
+    features: int | None = None,
+    context: int = 0,
+    *,
+    shape: Sequence[int] | None = None,
+    transforms: int = 16,
+    hidden: Sequence[int] = (32,),
+    activation: str = "tanh",
+) -> Flow:
+    """A stack of radial layers and a final elementwise affine map (Rezende & Mohamed, 2015).
+
+    Args:
+        features: the dimension (or give ``shape``).
+        context: context width; each layer's ``(z₀, α, β)`` then comes from a network of it.
+        shape: an event shape to model flattened.
+        transforms: the number of radial layers.
+        hidden: hidden widths of the context networks.
+        activation: activation of the context networks.
+
+    Returns:
+        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
+
+    References:
+        Variational Inference with Normalizing Flows, Rezende & Mohamed, 2015, arXiv:1505.05770.
+
+    Example:
+        >>> import torch
+        >>> Radial(2, transforms=2).sample(4).shape
+        torch.Size([4, 2])
+    """
+    d = dimension("Radial", features, shape)
+    k = check_int(transforms, "Radial", "transforms")
+    layers: list[Transform] = [
+        _planar.Radial(d, context, tuple(hidden), activation) for _ in range(k)
+    ]
+    return vector_flow([*layers, Affine(d)], d, shape)
+
+
+@register("sylvester", accepts=("vectors", "context"))
 def Sylvester(  # noqa: N802
     features: int,
     context: int = 0,
@@ -61,7 +140,6 @@ def Sylvester(  # noqa: N802
         >>> flow.log_prob(torch.randn(3, 2)).shape
         torch.Size([3])
     """
-    _check("Sylvester", features, context, transforms)
     layers: list[Transform] = [
         _sylvester.Sylvester(features, columns, variant, flip=i % 2 == 1,
                              context_features=context, hidden=tuple(hidden))
@@ -71,7 +149,7 @@ def Sylvester(  # noqa: N802
     return Flow(layers, StandardNormal(features))
 
 
-@register("residualflow")
+@register("residualflow", accepts=("vectors", "context"))
 def ResidualFlow(  # noqa: N802
     features: int,
     context: int = 0,
@@ -112,7 +190,6 @@ def ResidualFlow(  # noqa: N802
         >>> flow.log_prob(torch.randn(3, 2)).shape
         torch.Size([3])
     """
-    _check("ResidualFlow", features, context, transforms)
     layers: list[Transform] = []
     for _ in range(int(transforms)):
         layers.append(_residual.ResidualBlock(
@@ -120,47 +197,4 @@ def ResidualFlow(  # noqa: N802
             spectral=spectral,
         ))
         layers.append(ActNorm(features))
-    return Flow(layers, StandardNormal(features))
-
-
-@register("naf")
-def NAF(  # noqa: N802
-    features: int,
-    context: int = 0,
-    transforms: int = 3,
-    components: int = 8,
-    hidden: Sequence[int] = (64, 64),
-) -> Flow:
-    """A neural autoregressive flow: deep sigmoidal layers on MADEs, orderings alternating.
-
-    Density is one MADE pass per layer; sampling inverts each layer feature by feature by
-    bracketed bisection-safeguarded Newton (``d`` passes per layer).
-
-    Args:
-        features: the dimension ``d``.
-        context: width of the context (fed to every MADE).
-        transforms: number of NAF layers.
-        components: sigmoids per feature.
-        hidden: MADE hidden widths.
-
-    Returns:
-        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
-
-    References:
-        Neural Autoregressive Flows, Huang et al., 2018, arXiv:1804.00779.
-
-    Example:
-        >>> import torch, pushforward as pf
-        >>> flow = pf.flows.NAF(2, transforms=2, hidden=(16,))
-        >>> flow.log_prob(torch.randn(3, 2)).shape
-        torch.Size([3])
-    """
-    _check("NAF", features, context, transforms)
-    layers: list[Transform] = [
-        _naf.NeuralAutoregressive(
-            features, context, components, tuple(hidden),
-            ordering="natural" if i % 2 == 0 else "reversed",
-        )
-        for i in range(int(transforms))
-    ]
     return Flow(layers, StandardNormal(features))

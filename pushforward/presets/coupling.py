@@ -1,166 +1,38 @@
-"""Presets of the discrete families: Planar, Radial, NICE, RealNVP and Glow.
+"""Coupling presets: NICE, RealNVP and Glow.
 
 Every preset is ``Preset(features=None, context=0, *, shape=None, ...) -> Flow`` with a
-``StandardNormal`` base. Vector families given ``shape=(C, H, W)`` model the flattened image;
+``StandardNormal`` base. ``NICE`` given ``shape=(C, H, W)`` models the flattened image;
 ``RealNVP`` and ``Glow`` given ``shape`` build the multi-scale image architecture, whose latent is
-one flat vector of ``C·H·W`` numbers. Every layer takes the context (``context > 0``): planar and
-radial layers through a small network producing their parameters, couplings through their
-conditioner (concatenated to an MLP's input, broadcast as channels to a conv net's input).
+one flat vector of ``C·H·W`` numbers. Every coupling takes the context (``context > 0``) through
+its conditioner (concatenated to an MLP's input, broadcast as channels to a conv net's input).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from pushforward._registry import register
+from pushforward._validation import check_int
 from pushforward.core import Chain, Flow, Transform
 from pushforward.distributions import StandardNormal
-from pushforward.transforms import planar as _planar
+from pushforward.presets._common import (
+    channels,
+    dimension,
+    image_shape,
+    normalizing,
+    vector_flow,
+    widths,
+)
 from pushforward.transforms.coupling import AdditiveCoupling, AffineCoupling, coupling_mask
 from pushforward.transforms.elementwise import Affine
-from pushforward.transforms.images import Flatten, MultiScale, Squeeze
+from pushforward.transforms.images import MultiScale, Squeeze
 from pushforward.transforms.linear import InvertibleConv1x1, LULinear
 from pushforward.transforms.normalization import ActNorm
 
-__all__ = ["Planar", "Radial", "NICE", "RealNVP", "Glow"]
+__all__ = ["NICE", "RealNVP", "Glow"]
 
 
-def _features(name: str, features: int | None, shape: Sequence[int] | None) -> int:
-    """The vector dimension from ``features`` or a flattened ``shape`` (they must agree)."""
-    if shape is not None:
-        d = math.prod(int(s) for s in shape)
-        if features is not None and int(features) != d:
-            raise ValueError(f"{name}: features={features} disagrees with shape {tuple(shape)}")
-        return d
-    if features is None:
-        raise ValueError(f"{name}: give features (vectors) or shape=(C, H, W) (images)")
-    if int(features) < 1:
-        raise ValueError(f"{name}: features must be >= 1, got {features}")
-    return int(features)
-
-
-def _count(name: str, option: str, value: int, low: int = 1) -> int:
-    if int(value) != value or int(value) < low:
-        raise ValueError(f"{name}: {option} must be an integer >= {low}, got {value}")
-    return int(value)
-
-
-def _widths(hidden: int | Sequence[int] | None, default: Sequence[int]) -> tuple[int, ...]:
-    if hidden is None:
-        return tuple(default)
-    if isinstance(hidden, int):
-        return (hidden, hidden)
-    return tuple(int(h) for h in hidden)
-
-
-def _channels(hidden: int | Sequence[int] | None, default: int) -> int:
-    if hidden is None:
-        return default
-    return int(hidden) if isinstance(hidden, int) else int(list(hidden)[0])
-
-
-def _normalizing(layers: Sequence[Transform]) -> Chain:
-    """A chain from layers listed in the normalizing order (data side first)."""
-    return Chain(list(reversed(layers)))
-
-
-def _vector_flow(layers: list[Transform], d: int, shape: Sequence[int] | None) -> Flow:
-    """Generative-order ``layers`` on ``(d,)``, reshaped to ``shape`` at the data end."""
-    if shape is not None:
-        layers = [*layers, Flatten(tuple(int(s) for s in shape))]
-    return Flow(Chain(layers), StandardNormal(d))
-
-
-def _image_shape(name: str, shape: Sequence[int]) -> tuple[int, int, int]:
-    shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"{name}: shape must be (C, H, W) with positive sizes, got {shape}")
-    return shape  # type: ignore[return-value]
-
-
-@register("planar")
-def Planar(
-    features: int | None = None,
-    context: int = 0,
-    *,
-    shape: Sequence[int] | None = None,
-    transforms: int = 16,
-    hidden: Sequence[int] = (32,),
-    activation: str = "tanh",
-) -> Flow:
-    """A stack of planar layers and a final elementwise affine map (Rezende & Mohamed, 2015).
-
-    ``x = A(f_K ∘ … ∘ f_1(z))``, ``f_k`` planar, ``A`` elementwise affine. The density needs
-    the numerical inverse of every planar layer (bracketed Newton, to round-off).
-
-    Args:
-        features: the dimension (or give ``shape``).
-        context: context width; each layer's ``(u, w, b)`` then comes from a network of it.
-        shape: an event shape to model flattened (e.g. ``(C, H, W)``).
-        transforms: the number of planar layers.
-        hidden: hidden widths of the context networks.
-        activation: activation of the context networks.
-
-    Returns:
-        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
-
-    References:
-        Variational Inference with Normalizing Flows, Rezende & Mohamed, 2015, arXiv:1505.05770.
-
-    Example:
-        >>> import torch
-        >>> Planar(2, transforms=2).log_prob(torch.randn(5, 2)).shape
-        torch.Size([5])
-    """
-    d = _features("Planar", features, shape)
-    k = _count("Planar", "transforms", transforms)
-    layers: list[Transform] = [
-        _planar.Planar(d, context, tuple(hidden), activation) for _ in range(k)
-    ]
-    return _vector_flow([*layers, Affine(d)], d, shape)
-
-
-@register("radial")
-def Radial(
-    features: int | None = None,
-    context: int = 0,
-    *,
-    shape: Sequence[int] | None = None,
-    transforms: int = 16,
-    hidden: Sequence[int] = (32,),
-    activation: str = "tanh",
-) -> Flow:
-    """A stack of radial layers and a final elementwise affine map (Rezende & Mohamed, 2015).
-
-    Args:
-        features: the dimension (or give ``shape``).
-        context: context width; each layer's ``(z₀, α, β)`` then comes from a network of it.
-        shape: an event shape to model flattened.
-        transforms: the number of radial layers.
-        hidden: hidden widths of the context networks.
-        activation: activation of the context networks.
-
-    Returns:
-        A ``Flow`` on a ``StandardNormal`` base, with ``flow.config`` recording the options.
-
-    References:
-        Variational Inference with Normalizing Flows, Rezende & Mohamed, 2015, arXiv:1505.05770.
-
-    Example:
-        >>> import torch
-        >>> Radial(2, transforms=2).sample(4).shape
-        torch.Size([4, 2])
-    """
-    d = _features("Radial", features, shape)
-    k = _count("Radial", "transforms", transforms)
-    layers: list[Transform] = [
-        _planar.Radial(d, context, tuple(hidden), activation) for _ in range(k)
-    ]
-    return _vector_flow([*layers, Affine(d)], d, shape)
-
-
-@register("nice")
+@register("nice", accepts=("vectors", "images", "context"))
 def NICE(
     features: int | None = None,
     context: int = 0,
@@ -200,19 +72,19 @@ def NICE(
         >>> NICE(4).log_prob(torch.randn(3, 4)).shape
         torch.Size([3])
     """
-    d = _features("NICE", features, shape)
+    d = dimension("NICE", features, shape)
     if d < 2:
         raise ValueError("NICE: coupling layers need features >= 2")
     if mask not in ("alternating", "half"):
         raise ValueError(f"NICE: mask must be 'alternating' or 'half', got {mask!r}")
-    k = _count("NICE", "transforms", transforms)
+    k = check_int(transforms, "NICE", "transforms")
     couplings = [
         AdditiveCoupling(coupling_mask(d, mask, flip=i % 2 == 1), context,
-                         hidden=_widths(hidden, (64, 64)), activation=activation,
+                         hidden=widths(hidden, (64, 64)), activation=activation,
                          identity_init=identity_init)
         for i in range(k)
     ]
-    return _vector_flow([Affine(d), *reversed(couplings)], d, shape)
+    return vector_flow([Affine(d), *reversed(couplings)], d, shape)
 
 
 def _checkerboard_or_channel(shape: tuple[int, int, int], flip: bool) -> object:
@@ -232,7 +104,7 @@ def _realnvp_levels(shape: tuple[int, int, int], requested: int) -> int:
     return levels
 
 
-@register("realnvp")
+@register("realnvp", accepts=("vectors", "images", "context"))
 def RealNVP(
     features: int | None = None,
     context: int = 0,
@@ -286,24 +158,24 @@ def RealNVP(
         torch.Size([2])
     """
     if shape is None:
-        d = _features("RealNVP", features, None)
+        d = dimension("RealNVP", features, None)
         if d < 2:
             raise ValueError("RealNVP: coupling layers need features >= 2")
-        k = _count("RealNVP", "transforms", 6 if transforms is None else transforms)
+        k = check_int(6 if transforms is None else transforms, "RealNVP", "transforms")
         couplings = [
             AffineCoupling(coupling_mask(d, "alternating", flip=i % 2 == 1), context,
-                           hidden=_widths(hidden, (64, 64)), activation=activation, bound=bound,
+                           hidden=widths(hidden, (64, 64)), activation=activation, bound=bound,
                            identity_init=identity_init)
             for i in range(k)
         ]
-        return Flow(_normalizing(couplings), StandardNormal(d))
+        return Flow(normalizing(couplings), StandardNormal(d))
 
-    c, h, w = _image_shape("RealNVP", shape)
+    c, h, w = image_shape("RealNVP", shape)
     if features is not None and int(features) != c * h * w:
         raise ValueError(f"RealNVP: features={features} disagrees with shape {tuple(shape)}")
-    k = _count("RealNVP", "transforms", 3 if transforms is None else transforms)
-    n_levels = _realnvp_levels((c, h, w), _count("RealNVP", "levels", levels))
-    width = _channels(hidden, 64)
+    k = check_int(3 if transforms is None else transforms, "RealNVP", "transforms")
+    n_levels = _realnvp_levels((c, h, w), check_int(levels, "RealNVP", "levels"))
+    width = channels(hidden, 64)
     options = dict(hidden=width, blocks=blocks, activation=activation, bound=bound,
                    identity_init=identity_init)
     current = (c, h, w)
@@ -324,7 +196,7 @@ def RealNVP(
                 layers.append(AffineCoupling(mask, context, **options))
             cc, hh, ww = squeezed
             current = (cc - cc // 2, hh, ww)
-        stages.append(_normalizing(layers))
+        stages.append(normalizing(layers))
     return Flow(MultiScale(stages), StandardNormal(c * h * w))
 
 
@@ -337,10 +209,10 @@ def _glow_step(shape: int | tuple[int, int, int], context: int, flip: bool,
     else:
         mixing = InvertibleConv1x1(shape)
         mask = coupling_mask(shape, "channel", flip)
-    return _normalizing([ActNorm(shape), mixing, AffineCoupling(mask, context, **options)])
+    return normalizing([ActNorm(shape), mixing, AffineCoupling(mask, context, **options)])
 
 
-@register("glow")
+@register("glow", accepts=("vectors", "images", "context"))
 def Glow(
     features: int | None = None,
     context: int = 0,
@@ -393,20 +265,20 @@ def Glow(
         torch.Size([3, 1, 4, 4])
     """
     if shape is None:
-        d = _features("Glow", features, None)
+        d = dimension("Glow", features, None)
         if d < 2:
             raise ValueError("Glow: coupling layers need features >= 2")
-        k = _count("Glow", "transforms", 6 if transforms is None else transforms)
-        options = dict(hidden=_widths(hidden, (64, 64)), activation=activation, bound=bound,
+        k = check_int(6 if transforms is None else transforms, "Glow", "transforms")
+        options = dict(hidden=widths(hidden, (64, 64)), activation=activation, bound=bound,
                        identity_init=identity_init)
         steps = [_glow_step(d, context, i % 2 == 1, options) for i in range(k)]
-        return Flow(_normalizing(steps), StandardNormal(d))
+        return Flow(normalizing(steps), StandardNormal(d))
 
-    c, h, w = _image_shape("Glow", shape)
+    c, h, w = image_shape("Glow", shape)
     if features is not None and int(features) != c * h * w:
         raise ValueError(f"Glow: features={features} disagrees with shape {tuple(shape)}")
-    k = _count("Glow", "transforms", 4 if transforms is None else transforms)
-    requested = _count("Glow", "levels", levels)
+    k = check_int(4 if transforms is None else transforms, "Glow", "transforms")
+    requested = check_int(levels, "Glow", "levels")
     n_levels, hh, ww = 0, h, w
     while n_levels < requested and hh % 2 == 0 and ww % 2 == 0:
         hh, ww = hh // 2, ww // 2
@@ -414,7 +286,7 @@ def Glow(
     if n_levels == 0:
         raise ValueError(f"Glow: the image {tuple(shape)} has an odd height or width; it cannot "
                          "be squeezed")
-    options = dict(hidden=_channels(hidden, 64), blocks=blocks, activation=activation,
+    options = dict(hidden=channels(hidden, 64), blocks=blocks, activation=activation,
                    bound=bound, identity_init=identity_init)
     current = (c, h, w)
     stages: list[Transform] = []
@@ -424,7 +296,7 @@ def Glow(
         assert squeezed is not None
         layers: list[Transform] = [squeeze]
         layers += [_glow_step(squeezed, context, False, options) for _ in range(k)]
-        stages.append(_normalizing(layers))
+        stages.append(normalizing(layers))
         cc, hs, ws = squeezed
         current = (cc - cc // 2, hs, ws)
     return Flow(MultiScale(stages), StandardNormal(c * h * w))
