@@ -11,6 +11,7 @@ computed in one inverse pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -159,6 +160,17 @@ class Transform(nn.Module):
     def _check_z(self, z: Tensor) -> None:
         """Raise ``ValueError`` if ``z`` is outside the domain of the forward map."""
 
+    def _inside_x(self, x: Tensor) -> Tensor | None:
+        """Which rows of ``x`` lie in the domain of the inverse: a bool ``(batch,)`` mask, or
+        None when the domain is the whole space. ``Flow.log_prob`` gives ``−inf`` (density zero)
+        outside it; a transform with a bounded domain (``Sigmoid``) overrides this together with
+        ``_check_x``."""
+        return None
+
+    def _inside_z(self, z: Tensor) -> Tensor | None:
+        """As ``_inside_x``, for the domain of the forward map."""
+        return None
+
     def _validate(
         self, value: Tensor, shape: Shape | None, context: Tensor | None, name: str
     ) -> None:
@@ -214,6 +226,12 @@ class Inverse(Transform):
 
     def _check_z(self, z: Tensor) -> None:
         self.transform._check_x(z)
+
+    def _inside_x(self, x: Tensor) -> Tensor | None:
+        return self.transform._inside_z(x)
+
+    def _inside_z(self, z: Tensor) -> Tensor | None:
+        return self.transform._inside_x(z)
 
 
 class Chain(Transform):
@@ -274,6 +292,12 @@ class Chain(Transform):
     def _check_z(self, z: Tensor) -> None:
         self.transforms[0]._check_z(z)  # type: ignore[operator]
 
+    def _inside_x(self, x: Tensor) -> Tensor | None:
+        return self.transforms[-1]._inside_x(x)  # type: ignore[operator]
+
+    def _inside_z(self, z: Tensor) -> Tensor | None:
+        return self.transforms[0]._inside_z(z)  # type: ignore[operator]
+
 
 class BaseDistribution(nn.Module):
     """Interface of a base distribution ``p_0``: an ``nn.Module`` with ``log_prob`` and ``sample``.
@@ -310,8 +334,11 @@ class Flow(nn.Module):
         transform: the generative map ``f`` (a list is chained).
         base: the base distribution ``p_0``.
         embedding: optional network applied once per call to the raw context before the
-            transform and the base see it.
-        context_features: width of the raw context (needed only with an ``embedding``).
+            transform and the base see it; its output must be ``(batch, k)`` with ``k`` the
+            width the transform reads (checked after the embedding runs).
+        context_features: the raw context's width, or its shape (e.g. ``(2, 5)`` for a
+            time series fed to a convolutional embedding). Only meaningful with an
+            ``embedding``; None there means any raw shape with a batch dimension.
 
     Example:
         >>> import torch, pushforward as pf
@@ -334,11 +361,22 @@ class Flow(nn.Module):
         self.base = base
         self.embedding = embedding
         inner = max(transform.context_features, getattr(base, "context_features", 0))
-        if embedding is not None and context_features is None:
-            raise ValueError(
-                "Flow: give context_features (the raw context width) with an embedding"
-            )
-        self.context_features = inner if context_features is None else int(context_features)
+        self._inner_context = inner
+        # The raw context's event shape: None = not checked (any shape, an embedding's input).
+        self.context_shape: Shape | None = None if embedding is not None else (inner,)
+        self.context_features = inner
+        if context_features is not None:
+            shape = _v.as_shape(context_features)
+            if embedding is None and shape != (inner,):
+                raise ValueError(
+                    f"Flow: context_features={context_features} but the transform and base "
+                    f"read {inner} context features (a different raw shape needs an embedding)"
+                )
+            self.context_shape = shape
+            self.context_features = shape[0] if len(shape) == 1 else math.prod(shape)
+        if embedding is not None and not inner:
+            raise ValueError("Flow: an embedding was given but neither the transform nor the "
+                             "base reads a context")
         event = transform.event_shape
         if event is None:
             event = tuple(getattr(base, "event_shape", ())) or None
@@ -353,14 +391,41 @@ class Flow(nn.Module):
             )
 
     # -- helpers ------------------------------------------------------------------------------
-    def _context(self, context: Tensor | None, batch: int | None) -> Tensor | None:
-        if _v.is_validating():
+    def _check_raw_context(self, context: Tensor | None, batch: int | None) -> None:
+        """Check the context as the caller gives it (before any embedding)."""
+        if self.context_shape is not None and len(self.context_shape) == 1:
             _v.check_context(context, self.context_features, batch, "Flow")
-            if context is not None:
-                _v.check_dtype(context, self, "Flow", "context")
+        else:
+            if context is None:
+                raise ValueError("Flow: is conditional and needs a context")
+            _v.check_tensor(context, self.context_shape, "Flow", "context")
+            if batch is not None and context.shape[0] != batch:
+                raise ValueError(
+                    f"Flow: context has batch size {context.shape[0]} but the input has {batch}"
+                )
+        if context is not None:
+            _v.check_dtype(context, self, "Flow", "context")
+
+    def _context(self, context: Tensor | None, batch: int | None) -> Tensor | None:
+        """The context the transform and base read: checked, embedded once, checked again."""
+        validating = _v.is_validating()
+        if validating:
+            self._check_raw_context(context, batch)
         if context is not None and self.embedding is not None:
+            raw_batch = context.shape[0]
             context = self.embedding(context)
+            if validating:
+                _v.check_context(context, self._inner_context, raw_batch,
+                                 "Flow (the embedding's output)")
         return context
+
+    def _sample_count(self, n: int | Sequence[int]) -> tuple[int, Shape]:
+        """``n`` as (count, sample shape): an int ``n`` or a shape as in torch.distributions."""
+        if isinstance(n, Tensor) and n.dim() == 1 or isinstance(n, (tuple, list, torch.Size)):
+            shape = tuple(_v.check_count(s, "Flow.sample") for s in n)
+            return math.prod(shape), shape
+        count = _v.check_count(n, "Flow.sample")
+        return count, (count,)
 
     def _base_log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         if getattr(self.base, "context_features", 0):
@@ -377,39 +442,83 @@ class Flow(nn.Module):
 
     # -- density ------------------------------------------------------------------------------
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """``log p(x)``, shape ``(batch,)``."""
-        if _v.is_validating():
+        """``log p(x)``, shape ``(batch,)``; ``−inf`` outside the flow's support.
+
+        ``x`` may carry extra leading dimensions, ``(*sample, batch, *event)`` → ``(*sample,
+        batch)``, as in ``torch.distributions``; a context ``(batch, ...)`` is then shared by
+        every sample (embedded once). A point outside the support of a bounded flow
+        (``pf.transforms.bounded``) has density zero: its ``log_prob`` is ``−inf``, even though
+        the transform's ``inverse`` refuses it.
+
+        Args:
+            x: points ``(batch, *event)`` or ``(*sample, batch, *event)``.
+            context: None, or the context ``(batch, ...)`` of a conditional flow.
+
+        Returns:
+            ``log p(x)``, shape ``(batch,)`` or ``(*sample, batch)``.
+        """
+        validating = _v.is_validating()
+        lead: Shape | None = None
+        k = len(self.event_shape)
+        if (isinstance(x, Tensor) and x.dim() > k + 1
+                and tuple(x.shape[x.dim() - k:]) == self.event_shape):
+            lead = tuple(x.shape[: x.dim() - k])
+            if context is not None:
+                if not isinstance(context, Tensor) or context.dim() < 1:
+                    raise ValueError("Flow.log_prob: context must be a tensor (batch, ...)")
+                if lead[-1] not in (1, context.shape[0]):
+                    raise ValueError(
+                        f"Flow.log_prob: x of shape {tuple(x.shape)} has batch size {lead[-1]} "
+                        f"(its last leading dimension) but the context has {context.shape[0]}"
+                    )
+                lead = (*lead[:-1], context.shape[0])
+                x = x.expand(*lead, *self.event_shape)
+            x = x.reshape(-1, *self.event_shape)
+        if validating:
             _v.check_tensor(x, self.event_shape, "Flow.log_prob", "x")
             _v.check_dtype(x, self, "Flow.log_prob", "x")
-            self.transform._check_x(x)
-        ctx = self._context(context, x.shape[0])
+        inside = self.transform._inside_x(x)
+        if validating:
+            self.transform._check_x(x if inside is None else x[inside])
+        if lead is not None and context is not None:
+            ctx = self._context(context, context.shape[0])
+            if ctx is not None:
+                ctx = ctx.expand(math.prod(lead[:-1]), *ctx.shape).reshape(-1, ctx.shape[-1])
+        else:
+            ctx = self._context(context, x.shape[0])
         with _v.validation(False):
             z, ladj = self.transform.inverse(x, ctx)
             log_px = self._base_log_prob(z, ctx) + ladj
-        if _v.is_validating():
+        if inside is not None:
+            log_px = log_px.masked_fill(~inside, -math.inf)
+        if validating:
             # −inf is a density that underflows this dtype; NaN and +inf are refused.
             _v.check_result(log_px, "Flow.log_prob", "log_prob", allow_neg_inf=True)
-        return log_px
+        return log_px if lead is None else log_px.reshape(lead)
 
     # -- sampling -----------------------------------------------------------------------------
     def rsample_and_log_prob(
-        self, n: int, context: Tensor | None = None, temperature: float = 1.0
+        self, n: int | Sequence[int], context: Tensor | None = None, temperature: float = 1.0
     ) -> tuple[Tensor, Tensor]:
         """Reparametrised ``x ~ p`` and ``log p(x)`` in one forward pass.
 
-        Shapes: ``(n, *event)`` and ``(n,)``; with context ``(B, C)``: ``(n, B, *event)`` and
-        ``(n, B)``. ``temperature`` scales the base draw (Gaussian bases only); ``log p`` is then
-        the density of the tempered base pushed forward.
+        Shapes: ``(n, *event)`` and ``(n,)``; with context ``(B, ...)``: ``(n, B, *event)`` and
+        ``(n, B)``. ``n`` may also be a shape, as ``torch.distributions`` takes:
+        ``(*n, [B,] *event)``. ``temperature`` scales the base draw (Gaussian bases only);
+        ``log p`` is then the density of the tempered base pushed forward.
         """
-        n = _v.check_count(n, "Flow.sample")
+        n, sample_shape = self._sample_count(n)
         batch = None
+        ctx = None
         if context is not None:
-            if _v.is_validating():
-                _v.check_context(context, self.context_features, None, "Flow")
-                _v.check_dtype(context, self, "Flow", "context")
+            if not isinstance(context, Tensor) or context.dim() < 1:
+                raise ValueError("Flow.sample: context must be a tensor (batch, ...)")
             batch = context.shape[0]
-            context = context.repeat(n, 1)
-        ctx = self._context(context, None)
+            ctx = self._context(context, None)  # embedded once, then shared by the n draws
+            if ctx is not None:
+                ctx = ctx.repeat(n, 1)
+        elif _v.is_validating():
+            self._context(None, None)
         total = n * (batch or 1)
         with _v.validation(False):
             z, log_pz = self._base_draw(total, ctx, temperature)
@@ -418,23 +527,28 @@ class Flow(nn.Module):
         if _v.is_validating():
             _v.check_result(x, "Flow.sample", "the sample")
             _v.check_result(log_px, "Flow.sample", "log_prob", allow_neg_inf=True)
-        if batch is not None:
-            return x.reshape(n, batch, *x.shape[1:]), log_px.reshape(n, batch)
-        return x, log_px
+        lead = sample_shape if batch is None else (*sample_shape, batch)
+        return x.reshape(*lead, *x.shape[1:]), log_px.reshape(lead)
 
     def sample_and_log_prob(
-        self, n: int, context: Tensor | None = None, temperature: float = 1.0
+        self, n: int | Sequence[int], context: Tensor | None = None, temperature: float = 1.0
     ) -> tuple[Tensor, Tensor]:
         """``x ~ p`` and ``log p(x)`` from one forward pass (differentiable, as ``rsample``)."""
         return self.rsample_and_log_prob(n, context, temperature)
 
-    def rsample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """Reparametrised samples, ``(n, *event)`` or ``(n, B, *event)`` with context."""
+    def rsample(
+        self, n: int | Sequence[int], context: Tensor | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """Reparametrised samples, ``(n, *event)`` or ``(n, B, *event)`` with context (``n`` an
+        int or a sample shape)."""
         return self.rsample_and_log_prob(n, context, temperature)[0]
 
     @torch.no_grad()
-    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """Samples without gradients, ``(n, *event)`` or ``(n, B, *event)`` with context."""
+    def sample(
+        self, n: int | Sequence[int], context: Tensor | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """Samples without gradients, ``(n, *event)`` or ``(n, B, *event)`` with context (``n``
+        an int, or a sample shape as in ``torch.distributions``: ``(*n, [B,] *event)``)."""
         return self.rsample_and_log_prob(n, context, temperature)[0]
 
     def distribution(self, context: Tensor | None = None) -> FlowDistribution:

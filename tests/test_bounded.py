@@ -43,8 +43,14 @@ def test_bounded_flow_matches_the_change_of_variables():
     y = torch.log(u) - torch.log1p(-u)
     expected = inner.log_prob(y) - (math.log(high - low) + torch.log(u) + torch.log1p(-u)).sum(-1)
     assert torch.allclose(flow.log_prob(x), expected, atol=1e-10)
+    # Outside the box the density is zero: log_prob is -inf (issue 17), the inverse refuses.
+    outside = torch.tensor([[3.5, 0.0], [0.0, -2.5], [0.1, -1.5]], dtype=torch.float64)
+    log_p = flow.log_prob(outside)
+    assert log_p[:2].tolist() == [-math.inf, -math.inf] and torch.isfinite(log_p[2])
+    with pf.validation(False):
+        assert torch.equal(flow.log_prob(outside), log_p)
     with pytest.raises(ValueError, match="outside"):
-        flow.log_prob(torch.tensor([[3.5, 0.0]], dtype=torch.float64))
+        flow.transform.inverse(outside)
 
 
 def test_bounded_transform_and_errors():

@@ -112,6 +112,9 @@ class LogitPreprocessing(Transform):
         ladj = math.log(1 - 2 * a) - torch.log(v) - torch.log1p(-v)
         return y, ladj.flatten(1).sum(-1)
 
+    def _inside_x(self, x: Tensor) -> Tensor:
+        return ((x >= 0) & (x <= 1)).reshape(x.shape[0], -1).all(1)
+
     def _check_x(self, x: Tensor) -> None:
         outside = (x < 0) | (x > 1)
         if outside.any():

@@ -3,8 +3,9 @@
 ``bounded(flow, low, high)`` appends ``Sigmoid(low, high)`` on the data side: the wrapped flow
 samples ``x = l + (h − l) σ(f(z))`` and its density is
 ``log p(x) = log p_f(logit((x − l)/(h − l))) − Σ [log(h − l) + log u + log(1 − u)]`` with
-``u = (x − l)/(h − l)`` — exact, normalised on the box, and zero outside it (points outside
-raise ``InputOutsideDomain`` while validation is on).
+``u = (x − l)/(h − l)`` — exact, normalised on the box, and zero outside it: ``log_prob`` is
+``−inf`` there, while ``Sigmoid.inverse`` of such a point raises ``InputOutsideDomain`` (with
+validation on).
 """
 
 from __future__ import annotations

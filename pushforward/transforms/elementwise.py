@@ -121,6 +121,9 @@ class Sigmoid(Transform):
         ladj = -(self._log_width(x) + torch.log(u) + torch.log1p(-u))
         return z, _sum_event(ladj)
 
+    def _inside_x(self, x: Tensor) -> Tensor:
+        return ((x >= self.low) & (x <= self.high)).reshape(x.shape[0], -1).all(1)
+
     def _check_x(self, x: Tensor) -> None:
         outside = (x < self.low) | (x > self.high)
         if outside.any():
