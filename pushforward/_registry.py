@@ -16,6 +16,8 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from torch import nn
+
 from pushforward._validation import check_int
 from pushforward.core import Flow
 
@@ -99,7 +101,7 @@ def register(
         ]
 
         @functools.wraps(fn)
-        def preset(*args: Any, **kwargs: Any) -> Flow:
+        def preset(*args: Any, embedding: nn.Module | None = None, **kwargs: Any) -> Flow:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             _check_common(name.lower(), bound.arguments)
@@ -108,6 +110,8 @@ def register(
             for extra in var_keyword:
                 options.update(options.pop(extra, {}))
             flow.config = {"flow": name.lower(), "options": _jsonable(options)}
+            if embedding is not None:
+                _attach_embedding(name.lower(), flow, embedding)
             return flow
 
         key = name.lower()
@@ -122,6 +126,25 @@ def register(
         return preset
 
     return decorate
+
+
+def _attach_embedding(name: str, flow: Flow, embedding: nn.Module) -> None:
+    """Give a preset's flow a context ``embedding`` (every preset's ``embedding=`` option).
+
+    The preset's ``context`` is then the embedding's output width; the raw context may have any
+    shape the embedding takes (``(batch, 2, 5)`` for a time series), and it is checked after
+    the embedding runs. The embedding is not part of ``flow.config``: a checkpoint stores its
+    weights, and rebuilding the flow needs the same ``embedding=`` again.
+    """
+    if not isinstance(embedding, nn.Module):
+        raise TypeError(f"{name} preset: embedding must be an nn.Module, got "
+                        f"{type(embedding).__name__}")
+    if not flow.context_features:
+        raise ValueError(f"{name} preset: embedding= needs a conditional flow; give context= "
+                         "the embedding's output width")
+    flow.embedding = embedding
+    flow.context_shape = None
+    flow.context_features = flow._inner_context
 
 
 def names() -> list[str]:
