@@ -10,9 +10,11 @@ from pushforward import (
     diagnostics,
     distributions,
     flows,
+    integrations,
     manifolds,
     nn,
     transforms,
+    video,
 )
 from pushforward._validation import (
     InputOutsideDomain,
@@ -20,6 +22,7 @@ from pushforward._validation import (
     set_validation,
     validation,
 )
+from pushforward.context import ContextStandardization
 from pushforward.core import BaseDistribution, Chain, Flow, FlowDistribution, Inverse, Transform
 from pushforward.data import load_dataset
 from pushforward.distributions import ConditionalDiagonalNormal, DiagonalNormal, StandardNormal
@@ -59,4 +62,7 @@ __all__ = [
     "manifolds",
     "continuous",
     "compression",
+    "integrations",
+    "ContextStandardization",
+    "video",
 ]

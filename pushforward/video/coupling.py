@@ -1,0 +1,115 @@
+"""A coupling layer on images whose conditioner also reads context *maps* (spatial context).
+
+``Coupling`` broadcasts a context vector as constant planes, which throws away where things
+are. A video model needs the opposite: the past frames, encoded as feature maps, must reach each
+pixel's conditioner at its own position. ``SpatialCoupling`` reads the flat context
+``(batch, Cc·Hc·Wc)`` as maps ``(Cc, Hc, Wc)``, averages them down to the layer's resolution
+and concatenates them to ``z ⊙ mask`` as extra channels of the conv conditioner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pushforward.nn import ConvNet
+from pushforward.transforms.coupling import Coupling
+from pushforward.transforms.maps import ElementwiseMap, elementwise_map
+
+__all__ = ["SpatialCoupling"]
+
+
+class SpatialCoupling(Coupling):
+    """Image coupling ``x_A = z_A``, ``x_B = τ(z_B; θ(z_A, pool(m)))`` with context maps ``m``.
+
+    The context is the flat vector of maps ``m`` of shape ``context_shape = (Cc, Hc, Wc)``;
+    ``pool`` averages ``m`` over ``(Hc/H) × (Wc/W)`` blocks down to the layer's ``(H, W)``. The
+    conditioner is a ``ConvNet`` from ``[z ⊙ mask, pool(m)]`` (``C + Cc`` channels) to
+    ``C · τ.params`` channels, read at the transformed elements as in ``Coupling``. Forward
+    ``ladj = Σ_{i∈B} log|∂τ/∂z_i|``; inverse ``z_B = τ⁻¹(x_B; θ(x_A, pool(m)))`` (exact for the
+    affine and additive maps). Without ``context_shape`` it is an unconditional image
+    ``Coupling`` with the same conditioner, so a conditional model and its unconditional twin
+    differ only in what the conditioner reads.
+
+    Args:
+        mask: boolean ``(C, H, W)`` tensor, ``True`` on the part that passes unchanged.
+        context_shape: ``(Cc, Hc, Wc)`` of the context maps (``Hc``, ``Wc`` multiples of ``H``,
+            ``W``), or None for no context.
+        transformer: the elementwise map or its name (``"affine"``, ``"additive"``, ``"spline"``).
+        hidden: conv channels of the conditioner.
+        blocks: residual blocks of the conditioner.
+        activation: the conditioner's activation.
+        identity_init: zero the conditioner's last conv, so the layer starts as the identity
+            (default True, as in Glow).
+        **map_options: options of the named map (e.g. ``bound=`` for affine).
+
+    Raises:
+        ValueError: a mask that is not ``(C, H, W)``, or context maps whose size is not a
+            multiple of the layer's.
+
+    References:
+        VideoFlow: A Conditional Flow-Based Model for Stochastic Video Generation, Kumar,
+        Babaeizadeh, Erhan, Finn, Levine, Dinh & Kingma, 2019, arXiv:1903.01434.
+
+    Example:
+        >>> import torch
+        >>> from pushforward.transforms import coupling_mask
+        >>> layer = SpatialCoupling(coupling_mask((2, 4, 4), "channel"), (3, 8, 8), hidden=8)
+        >>> x, ladj = layer(torch.randn(5, 2, 4, 4), context=torch.randn(5, 3 * 8 * 8))
+        >>> x.shape, ladj.shape
+        (torch.Size([5, 2, 4, 4]), torch.Size([5]))
+    """
+
+    def __init__(
+        self,
+        mask: Tensor,
+        context_shape: Sequence[int] | None = None,
+        transformer: str | ElementwiseMap = "affine",
+        hidden: int = 64,
+        blocks: int = 1,
+        activation: str | Callable = "relu",
+        identity_init: bool = True,
+        **map_options: object,
+    ) -> None:
+        mask = torch.as_tensor(mask)
+        if mask.dim() != 3:
+            raise ValueError(f"SpatialCoupling: mask must have an image shape (C, H, W), got "
+                             f"{tuple(mask.shape)}")
+        c, h, w = mask.shape
+        maps: tuple[int, int, int] | None = None
+        if context_shape is not None:
+            maps = tuple(int(s) for s in context_shape)  # type: ignore[assignment]
+            if len(maps) != 3 or min(maps) < 1 or maps[1] % h or maps[2] % w:
+                raise ValueError(
+                    f"SpatialCoupling: context_shape must be (Cc, Hc, Wc) with Hc, Wc multiples "
+                    f"of the layer's {h}×{w}, got {tuple(context_shape)}"
+                )
+        transformer = elementwise_map(transformer, **map_options)
+        extra = 0 if maps is None else maps[0]
+        conditioner = ConvNet(c + extra, c * int(transformer.params), hidden=int(hidden),
+                              blocks=blocks, activation=activation, zero_last=identity_init)
+        width = 0 if maps is None else maps[0] * maps[1] * maps[2]
+        super().__init__(mask, transformer, width, conditioner=conditioner)
+        self.context_shape = maps
+
+    def _params(self, z: Tensor, context: Tensor | None) -> Tensor:
+        """Map parameters of the transformed elements, ``(batch, |B|, params)``."""
+        if self.context_shape is None:
+            return super()._params(z, context)
+        if context is None:
+            raise ValueError(f"SpatialCoupling: needs context maps {self.context_shape} "
+                             f"(flattened to width {self.context_features})")
+        batch, c, h, w = z.shape
+        maps = context.to(z.dtype).reshape(batch, *self.context_shape)
+        if maps.shape[-2:] != (h, w):
+            maps = F.avg_pool2d(maps, (maps.shape[-2] // h, maps.shape[-1] // w))
+        out = self.conditioner(torch.cat([z * self.mask.to(z.dtype), maps], 1))
+        out = out.reshape(batch, c, self._n_params, h, w).movedim(2, -1)
+        return out.reshape(batch, c * h * w, self._n_params)[:, self.transformed_index]
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, context_shape={self.context_shape}"
+
