@@ -10,7 +10,6 @@ from pushforward import (
     diagnostics,
     distributions,
     flows,
-    integrations,
     manifolds,
     nn,
     transforms,
@@ -62,7 +61,6 @@ __all__ = [
     "manifolds",
     "continuous",
     "compression",
-    "integrations",
     "ContextStandardization",
     "video",
 ]
