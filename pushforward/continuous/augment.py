@@ -9,6 +9,7 @@ importance sampling.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -66,7 +67,7 @@ class AugmentedFlow(Flow):
             dimensions; a conditional one (``context_features > 0``) gets ``[x, context]``.
         samples: ``K``, importance samples per point in ``log_prob`` (default 1: the ELBO).
         embedding: optional context embedding (as in ``Flow``).
-        context_features: raw context width (as in ``Flow``).
+        context_features: raw context width or shape (as in ``Flow``).
         data_transform: an optional bijection on the ``d`` data dimensions applied after ``a``
             is dropped (data side last), e.g. a fixed standardisation:
             ``x = data_transform(y)``, ``log p(x) ≥ L_K(y) + log|det ∂y/∂x|``.
@@ -87,7 +88,7 @@ class AugmentedFlow(Flow):
         q: str | BaseDistribution = "learned",
         samples: int = 1,
         embedding: nn.Module | None = None,
-        context_features: int | None = None,
+        context_features: int | Sequence[int] | None = None,
         data_transform: Transform | None = None,
     ) -> None:
         super().__init__(transform, base, embedding, context_features)
@@ -112,13 +113,13 @@ class AugmentedFlow(Flow):
 
     def wrap_data(self, layers: list[Transform]) -> AugmentedFlow:
         """A copy-free view of this flow with ``layers`` appended on the data side (shares
-        every module; used by ``pushforward.data.preprocess.wrap``)."""
+        every module; used by ``Flow.prepend``)."""
         if not layers:
             return self
         current = [] if self.data_transform is None else [self.data_transform]
         return AugmentedFlow(
             self.transform, self.base, self.augment, self.q, self.samples, self.embedding,
-            self.context_features if self.embedding is not None else None,
+            self.context_shape if self.embedding is not None else None,
             Chain([*current, *layers]),
         )
 
