@@ -19,7 +19,17 @@ CASES = [
     # Same-size maps (no pooling), a map with more than two parameters per element.
     Case("SpatialCoupling-spline",
          lambda c: SpatialCoupling(coupling_mask((2, 4, 4), "channel", flip=True),
-                                   None if c == 0 else (2, 4, 4), "spline", hidden=8,
+                                   None if c == 0 else (2, 4, 4), transformer="spline", hidden=8,
                                    identity_init=False, bins=4),
          (2, 4, 4), contexts=(0, 32)),
+    # A context vector alone (broadcast as constant planes) and maps followed by a vector.
+    Case("SpatialCoupling-vector",
+         lambda c: SpatialCoupling(coupling_mask((2, 4, 4), "channel"), None, c, hidden=8,
+                                   identity_init=False),
+         (2, 4, 4), contexts=(0, 3)),
+    Case("SpatialCoupling-maps-and-vector",
+         lambda c: SpatialCoupling(coupling_mask((2, 4, 4), "checkerboard", flip=True),
+                                   None if c == 0 else (1, 8, 8), 0 if c == 0 else c - 64,
+                                   hidden=8, identity_init=False),
+         (2, 4, 4), contexts=(0, 66)),
 ]

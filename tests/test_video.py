@@ -155,6 +155,19 @@ def test_conditional_flow_shapes():
         flow.log_prob(x, torch.rand(5, 7))
 
 
+def test_a_context_vector_joins_the_past_frames():
+    both = _flow(past=1, context=3)
+    x = torch.rand(4, 1, 8, 8) - 0.5
+    frames, vector = torch.rand(4, 64) - 0.5, torch.randn(4, 3)
+    log_p = both.log_prob(x, torch.cat([frames, vector], 1))
+    assert log_p.shape == (4,)
+    assert not torch.allclose(log_p, both.log_prob(x, torch.cat([frames, vector + 1], 1)))
+    # Without past frames the vector is read as it is, so any embedding= can produce it.
+    alone = pf.flows.build("video-glow", shape=(1, 8, 8), context=3, embedding=torch.nn.Linear(
+        5, 3), **SMALL)
+    assert alone.log_prob(x, torch.randn(4, 5)).shape == (4,)
+
+
 def test_conditional_flow_inverts_exactly_in_float64():
     flow = _flow(past=2).double().eval()
     x = torch.rand(6, 1, 8, 8, dtype=torch.float64) - 0.5

@@ -3,9 +3,10 @@ every coupling (VideoFlow-style, Kumar et al. 2019), registered as the ``"video-
 
 The raw context of the flow is flat, ``(batch, past·C·H·W + context)``: the ``past`` previous
 frames flattened (oldest first), optionally followed by a plain context vector of width
-``context``. ``FrameEncoder`` (the flow's embedding) turns it into feature maps
-``(Cc, H, W)``, which every ``SpatialCoupling`` reads, averaged down to its own scale. With
-``past=0`` and ``context=0`` the same architecture is an unconditional frame model.
+``context``. ``FrameEncoder`` (the flow's embedding) turns the frames into feature maps
+``(Cc, H, W)`` and passes the vector through; every ``SpatialCoupling`` reads the maps, averaged
+down to its own scale, and the vector as constant planes. With ``past=0`` and ``context=0`` the
+same architecture is an unconditional frame model.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ __all__ = ["FrameEncoder", "VideoGlow"]
 
 
 class FrameEncoder(nn.Module):
-    """Past frames (and an optional context vector) → feature maps, flattened.
+    """Past frames → feature maps, flattened; a context vector after the frames passes through.
 
     Input ``(batch, past·C·H·W + vector)``: the frames are reshaped to ``(past·C, H, W)`` and
-    go through ``conv3×3 → (act → conv3×3) × layers`` to ``maps`` channels; the vector part is
-    broadcast as ``vector`` constant planes. Output: the concatenated ``(maps + vector, H, W)``
-    maps, flattened to ``(batch, (maps + vector)·H·W)``.
+    go through ``conv3×3 → (act → conv3×3) × layers`` to ``maps`` channels. Output
+    ``(batch, maps·H·W + vector)``: the maps flattened, then the vector unchanged (the layout
+    ``SpatialCoupling`` reads).
 
     Args:
         shape: a frame's ``(C, H, W)``.
@@ -50,41 +51,38 @@ class FrameEncoder(nn.Module):
         >>> import torch
         >>> FrameEncoder((1, 8, 8), past=2, maps=4, hidden=8)(torch.randn(3, 128)).shape
         torch.Size([3, 256])
+        >>> FrameEncoder((1, 8, 8), past=2, vector=3, maps=4, hidden=8)(torch.randn(3, 131)).shape
+        torch.Size([3, 259])
     """
 
     def __init__(self, shape: Sequence[int], past: int, vector: int = 0, maps: int = 16,
                  hidden: int = 32, layers: int = 2, activation: str = "relu") -> None:
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
-        self.past, self.vector = int(past), int(vector)
+        self.past, self.vector, self.maps = int(past), int(vector), int(maps)
+        if self.past < 1 or self.vector < 0 or self.maps < 1:
+            raise ValueError(f"FrameEncoder: need past >= 1, vector >= 0 and maps >= 1, got "
+                             f"past={past}, vector={vector}, maps={maps}")
         c, h, w = self.shape
         self.frame_width = self.past * c * h * w
-        self.out_channels = (int(maps) if self.past else 0) + self.vector
-        self.net: nn.Module | None = None
-        if self.past:
-            stack: list[nn.Module] = [nn.Conv2d(self.past * c, hidden, 3, padding=1)]
-            for _ in range(int(layers)):
-                stack += [make_activation(activation), nn.Conv2d(hidden, hidden, 3, padding=1)]
-            stack += [make_activation(activation), nn.Conv2d(hidden, int(maps), 3, padding=1)]
-            self.net = nn.Sequential(*stack)
+        stack: list[nn.Module] = [nn.Conv2d(self.past * c, hidden, 3, padding=1)]
+        for _ in range(int(layers)):
+            stack += [make_activation(activation), nn.Conv2d(hidden, hidden, 3, padding=1)]
+        stack += [make_activation(activation), nn.Conv2d(hidden, self.maps, 3, padding=1)]
+        self.net = nn.Sequential(*stack)
 
     def forward(self, context: Tensor) -> Tensor:  # noqa: D102
         batch = context.shape[0]
         _, h, w = self.shape
-        parts = []
-        if self.net is not None:
-            frames = context[:, : self.frame_width].reshape(batch, -1, h, w)
-            parts.append(self.net(frames))
-        if self.vector:
-            vector = context[:, self.frame_width:]
-            parts.append(vector[:, :, None, None].expand(-1, -1, h, w))
-        return torch.cat(parts, 1).reshape(batch, -1)
+        frames = context[:, : self.frame_width].reshape(batch, -1, h, w)
+        return torch.cat([self.net(frames).reshape(batch, -1), context[:, self.frame_width:]], 1)
 
 
-def _step(shape: tuple[int, int, int], maps: tuple[int, int, int] | None, flip: bool,
+def _step(shape: tuple[int, int, int], maps: tuple[int, int, int] | None, vector: int,
           options: dict) -> Chain:
     """ActNorm → 1×1 conv → spatially conditioned affine coupling (listed generative-first)."""
-    coupling = SpatialCoupling(coupling_mask(shape, "channel", flip), maps, "affine", **options)
+    coupling = SpatialCoupling(coupling_mask(shape, "channel"), maps, vector, "affine",
+                               **options)
     return Chain([coupling, InvertibleConv1x1(shape), ActNorm(shape)])
 
 
@@ -117,7 +115,10 @@ def VideoGlow(
 
     Args:
         features: must equal ``C·H·W`` when given (the event is the image ``shape``).
-        context: width of an extra context vector (broadcast as constant planes).
+        context: width of an extra context vector after the frames (broadcast as constant
+            planes). With ``embedding=`` (every preset's option) and ``past=0`` it is the
+            embedding's output width, as for the other presets; with ``past > 0`` the given
+            embedding replaces the ``FrameEncoder`` and must output ``maps·H·W + context``.
         shape: a frame's ``(C, H, W)``.
         past: number of past frames in the context.
         transforms: steps per level (default 4).
@@ -168,10 +169,10 @@ def VideoGlow(
     if n_levels == 0:
         raise ValueError(f"VideoGlow: the frame {dims} has an odd height or width")
     encoder = None
-    if past or context:
+    if past:
         encoder = FrameEncoder(dims, past, context, maps, encoder_hidden, encoder_layers,
                                activation)
-    context_maps = None if encoder is None else (encoder.out_channels, h, w)
+    context_maps = None if encoder is None else (encoder.maps, h, w)
     options = dict(hidden=width, blocks=blocks, activation=activation, bound=bound)
     current = dims
     stages: list[Transform] = []
@@ -179,10 +180,11 @@ def VideoGlow(
         squeeze = Squeeze(current)
         squeezed = squeeze.latent_shape
         assert squeezed is not None
-        steps = [_step(squeezed, context_maps, False, options) for _ in range(k)]
+        steps = [_step(squeezed, context_maps, context, options) for _ in range(k)]
         stages.append(Chain([*reversed(steps), squeeze]))
         cc, hs, ws = squeezed
         current = (cc - cc // 2, hs, ws)
-    raw = None if encoder is None else past * c * h * w + context
+    if encoder is None:  # the plain vector context (if any) is read as it is
+        return Flow(MultiScale(stages), StandardNormal(c * h * w))
     return Flow(MultiScale(stages), StandardNormal(c * h * w), embedding=encoder,
-                context_features=raw)
+                context_features=past * c * h * w + context)
