@@ -157,6 +157,19 @@ def test_actnorm_initialises_once_and_persists():
     torch.testing.assert_close(z2, (data * 10 - state["loc"]) / state["log_scale"].exp())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_actnorm_ignores_a_first_batch_whose_moments_overflow(dtype):
+    t = ActNorm(2).to(dtype)
+    huge = torch.tensor([[1.0, 2.0], [torch.finfo(dtype).max / 4, 3.0]], dtype=dtype)
+    t.inverse(huge)  # finite values whose squares overflow the dtype
+    assert not bool(t.initialized)
+    assert torch.isfinite(t.loc).all() and torch.isfinite(t.log_scale).all()
+    data = torch.randn(64, 2, dtype=dtype) * 3 + 1
+    z, _ = t.inverse(data)  # the first batch with finite moments initialises it
+    assert bool(t.initialized)
+    torch.testing.assert_close(z.mean(0), torch.zeros(2, dtype=dtype), atol=1e-5, rtol=0)
+
+
 def test_check_transform_rejects_a_wrong_ladj():
     class Wrong(Affine):
         def _forward(self, z, context):

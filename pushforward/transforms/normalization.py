@@ -27,7 +27,8 @@ class ActNorm(Transform):
     On the first ``inverse`` call in training mode, ``μ`` and ``exp(s)`` are set to the per-channel
     mean and standard deviation of the batch (averaged over ranks under DDP), so the first batch
     maps to zero mean and unit variance. The ``initialized`` flag is a saved buffer: a reloaded
-    model never re-initialises.
+    model never re-initialises. A batch whose moments overflow the dtype (values near its
+    largest) leaves the layer uninitialised rather than storing infinite parameters.
 
     Args:
         shape: ``features`` for vectors or ``(C, H, W)`` for images (channels on dimension 1).
@@ -58,6 +59,8 @@ class ActNorm(Transform):
             dist.all_reduce(count)
         mean = moments[0] / count
         var = (moments[1] / count - mean * mean).clamp_min(1e-12)
+        if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
+            return  # moments overflow the dtype: stay uninitialised, the next batch decides
         self.loc.copy_(mean)
         self.log_scale.copy_(0.5 * torch.log(var))
         self.initialized.fill_(True)
