@@ -149,41 +149,79 @@ def _gather_entries(module: nn.Module, state: dict, prefix: str, *_: object) -> 
 
 
 class _Plan:
-    """What a stack needs besides its inputs: the layer slots of ``flat`` and the masks.
+    """What a stack needs besides its inputs: the layout of ``flat`` and the masks.
 
-    ``weights(flat)`` returns the effective (masked) weights and the biases as tensors detached
-    from autograd, cached per version of ``flat``.
+    ``flat`` holds, per layer, the weight (row-major) then the bias, and last the context weight
+    (no bias). ``weights(flat)`` returns the effective weights ``W ⊙ M``, the biases and the
+    context weight, detached from autograd: one product with a mask packed like ``flat`` (ones on
+    biases and unmasked layers), one split, one view per weight. Without gradients (evaluation,
+    sampling) the result is cached for as long as ``flat`` is the same tensor with the same
+    version and storage (an optimiser step, ``load_state_dict`` or an in-place init moves the
+    version; editing ``flat.data`` does not: call ``refresh()`` then).
     """
 
     def __init__(self, slots: list[tuple[int, torch.Size, int, int]],
                  context_slot: tuple[int, torch.Size] | None) -> None:
         self.slots = slots  # (weight offset, weight shape, bias offset, bias size) per layer
         self.context_slot = context_slot
+        self.shapes: list[torch.Size] = []
+        for _, shape, _, n in slots:
+            self.shapes += [shape, torch.Size([n])]
+        if context_slot is not None:
+            self.shapes.append(context_slot[1])
+        self.sizes = [shape.numel() for shape in self.shapes]
         self.masks: list[Tensor | None] = [None] * len(slots)
+        self._packed: tuple[tuple, Tensor | None] | None = None
         self._key: tuple | None = None
         self._cache: tuple[list[Tensor], list[Tensor], Tensor | None] | None = None
 
+    def packed_mask(self, like: Tensor) -> Tensor | None:
+        """The masks laid out like ``flat`` (None when no layer is masked)."""
+        masks = self.masks
+        key = tuple(id(m) for m in masks) + (like.dtype, like.device)
+        if self._packed is None or self._packed[0] != key:
+            if all(m is None for m in masks):
+                packed = None
+            else:
+                pieces = []
+                for (_, shape, _, n), mask in zip(self.slots, masks):
+                    pieces.append(like.new_ones(shape.numel()) if mask is None
+                                  else mask.to(like).reshape(-1))
+                    pieces.append(like.new_ones(n))
+                if self.context_slot is not None:
+                    pieces.append(like.new_ones(self.context_slot[1].numel()))
+                packed = torch.cat(pieces)
+            # the masks are held (not only their ids) so an id cannot be reused meanwhile
+            self._packed = (key, packed, masks)  # type: ignore[assignment]
+        return self._packed[1]
+
+    def unpack(self, flat: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
+        """Weights, biases and context weight as views of a tensor laid out like ``flat``."""
+        pieces = torch.split_with_sizes(flat, self.sizes)
+        views = [piece.view(shape) for piece, shape in zip(pieces, self.shapes)]
+        layers = len(self.slots)
+        context = views[2 * layers] if self.context_slot is not None else None
+        return views[0 : 2 * layers : 2], views[1 : 2 * layers : 2], context
+
     def weights(self, flat: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
-        # cached only for calls without gradients (evaluation, sampling); a differentiable call
-        # (training, gradcheck, which edits ``.data`` in place) always rebuilds them
-        key = (flat._version, flat.data_ptr(), flat.dtype, flat.device,
-               tuple(m.data_ptr() if m is not None else 0 for m in self.masks))
-        if key != self._key or self._cache is None or torch.is_grad_enabled():
+        grad = torch.is_grad_enabled()
+        key = (flat, flat._version, flat.data_ptr(), tuple(id(m) for m in self.masks))
+        if grad or self._cache is None or self._key is None or not _same(key, self._key):
             data = flat.detach()
-            weights, biases = [], []
-            for (w, shape, b, n), mask in zip(self.slots, self.masks):
-                weight = data[w : w + shape.numel()].view(shape)
-                weights.append(weight if mask is None else weight * mask)
-                biases.append(data[b : b + n])
-            context = None
-            if self.context_slot is not None:
-                c, shape = self.context_slot
-                context = data[c : c + shape.numel()].view(shape)
-            self._cache, self._key = (weights, biases, context), key
+            mask = self.packed_mask(data)
+            cache = self.unpack(data if mask is None else data * mask)
+            if grad:
+                return cache
+            self._cache, self._key = cache, key
         return self._cache
 
     def refresh(self) -> None:
+        """Forget the cached weights (after editing ``flat.data`` in place)."""
         self._key = self._cache = None
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return a[0] is b[0] and a[1:] == b[1:]
 
 
 def _run(x: Tensor, context: Tensor | None, weights: list[Tensor], biases: list[Tensor],
@@ -232,29 +270,25 @@ class _ReluStack(torch.autograd.Function):
             grads = [next(found) if n else None for n in needs]
             return grads[0], grads[1], grads[2], None, None
         plan, inputs, weights = ctx.plan, ctx.inputs, ctx.weights
-        grad_flat = torch.empty_like(flat) if needs[2] else None
         grad_x = grad_context = None
+        if needs[2]:
+            grad_flat = torch.empty_like(flat)
+            grad_weights, grad_biases, grad_context_weight = plan.unpack(grad_flat)
+        else:
+            grad_flat = None
         g = grad.contiguous()
         for k in range(len(weights) - 1, -1, -1):
             h = inputs[k]
             if grad_flat is not None:
-                w, shape, b, n = plan.slots[k]
-                slot = grad_flat[w : w + shape.numel()].view(shape)
-                out_features, in_features = shape
+                slot = grad_weights[k]
+                out_features, in_features = slot.shape
                 if in_features < out_features:
-                    full = torch.mm(h.t(), g).t()  # (hᵀ g)ᵀ: the faster layout here
-                    if plan.masks[k] is None:
-                        slot.copy_(full)
-                    else:
-                        torch.mul(full, plan.masks[k], out=slot)
+                    slot.copy_(torch.mm(h.t(), g).t())  # (hᵀ g)ᵀ: the faster layout here
                 else:
                     torch.mm(g.t(), h, out=slot)
-                    if plan.masks[k] is not None:
-                        slot.mul_(plan.masks[k])
-                torch.sum(g, 0, out=grad_flat[b : b + n])
+                torch.sum(g, 0, out=grad_biases[k])
                 if k == 0 and context is not None:
-                    c, cshape = plan.context_slot
-                    torch.mm(g.t(), context, out=grad_flat[c : c + cshape.numel()].view(cshape))
+                    torch.mm(g.t(), context, out=grad_context_weight)
             if k == 0:
                 if needs[0]:
                     grad_x = torch.mm(g, weights[0])
@@ -262,6 +296,10 @@ class _ReluStack(torch.autograd.Function):
                     grad_context = torch.mm(g, ctx.context_weight)
             else:
                 g = torch.ops.aten.threshold_backward(torch.mm(g, weights[k]), h, 0)
+        if grad_flat is not None:
+            mask = plan.packed_mask(grad_flat)
+            if mask is not None:
+                grad_flat.mul_(mask)  # masked entries never receive a gradient
         return grad_x, grad_context, grad_flat, None, None
 
 

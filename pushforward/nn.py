@@ -357,10 +357,16 @@ class MADE(nn.Module):
         context = self._checked(context)
         weights, biases = self._masked()
         first = weights[0]
-        # The first layer at u = 0 (one product, so every weight is in the graph even when a
-        # feature's column is never used), then one rank-one update per generated feature.
-        pre = self._first(nn.functional.linear(torch.zeros_like(like), first, biases[0]),
-                          context)
+        # The first layer at u = 0, then one rank-one update per generated feature. Without a
+        # context the first feature's parameters are the same for every sample: on the fast
+        # path they are computed for one row and broadcast.
+        batch = like.shape[0]
+        constant = context is None and fast_path_enabled()
+        if constant:
+            pre = biases[0].expand(batch, -1)
+        else:
+            pre = self._first(nn.functional.linear(torch.zeros_like(like), first, biases[0]),
+                              context)
         d, p = self.features, self.params
         out_weight = weights[-1].unflatten(0, (d, p))
         out_bias = biases[-1].unflatten(0, (d, p))
@@ -372,16 +378,19 @@ class MADE(nn.Module):
         for i in order:
             if previous >= 0:
                 pre = torch.addr(pre, values[-1], first[:, previous])
+            rows = pre[:1] if previous < 0 and constant else pre
             if last == 0:
-                params = pre[:, i * p : (i + 1) * p]
+                params = rows[:, i * p : (i + 1) * p]
             else:
-                h = pre
+                h = rows
                 for k in range(1, last):
                     if self.residual:
                         h = h + nn.functional.linear(self.activation(h), weights[k], biases[k])
                     else:
                         h = nn.functional.linear(self.activation(h), weights[k], biases[k])
                 params = nn.functional.linear(self.activation(h), out_weight[i], out_bias[i])
+            if params.shape[0] != batch:
+                params = params.expand(batch, -1)
             value, extra = step(i, params)
             values.append(value)
             extras.append(extra)
