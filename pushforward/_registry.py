@@ -4,9 +4,10 @@
 ``{"flow": name, "options": ...}`` in ``flow.config`` so a checkpoint can rebuild it.
 Each preset declares at registration what it accepts (``accepts(name)``): ``"vectors"``
 (``features=d``), ``"images"`` (``shape=(C, H, W)``), ``"sphere"`` / ``"simplex"`` (points on
-the manifold, ambient ``features=n``), ``"integers"`` (integer data, a discrete flow) and
-``"context"`` (``context=c`` makes it conditional). The CLI, the tests and the docs read the
-declaration; nothing inspects signatures.
+the manifold, ambient ``features=n``), ``"integers"`` (integer data, a discrete flow),
+``"audio"`` (waveform segments ``features=T`` whose context is always their mel spectrogram:
+the vocoder) and ``"context"`` (``context=c`` makes it conditional). The CLI, the tests and
+the docs read the declaration; nothing inspects signatures.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ Preset = Callable[..., Flow]
 _REGISTRY: dict[str, Preset] = {}
 _ACCEPTS: dict[str, frozenset[str]] = {}
 
-CAPABILITIES = frozenset({"vectors", "images", "sphere", "simplex", "integers", "context"})
+CAPABILITIES = frozenset({"vectors", "images", "sphere", "simplex", "integers", "audio",
+                          "context"})
 """What a preset can declare that it accepts."""
 
 

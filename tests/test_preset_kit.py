@@ -43,6 +43,8 @@ SMALL: dict[str, dict] = {
     "sphere": {"transforms": 3, "hidden": [16]},
     "sphere-cnf": {"hidden": [16, 16], "frequencies": 2, "rtol": 1e-8, "atol": 1e-8},
     "idf": {"hidden": 8, "pixel_levels": 8},
+    "vocoder": {"hop": 16, "group": 4, "n_fft": 32, "n_mels": 4, "hidden": 4, "layers": 2,
+                "transforms": 2, "cond_channels": 3},
 }
 IMAGE_SMALL: dict[str, dict] = {
     "realnvp": {"hidden": 8, "transforms": 2},
@@ -209,6 +211,8 @@ def _every(kind: str) -> list:
 
 def _sized(name: str) -> dict:
     accepted = pf.flows.accepts(name)
+    if "audio" in accepted:
+        return {"features": 32}  # waveform segments; the context is their mel spectrogram
     if "vectors" in accepted or "sphere" in accepted or "simplex" in accepted:
         return {"features": 3 if "integers" not in accepted else 2}
     return {"shape": (1, 4, 4)}
@@ -219,6 +223,8 @@ def _sized(name: str) -> dict:
 def test_sample_shapes_gradients_and_save_load(name, options, tmp_path):
     context = 2 if "context" in pf.flows.accepts(name) else 0
     flow = _build(name, options, context, **_sized(name))
+    if "audio" in pf.flows.accepts(name):
+        context = flow.context_features  # always conditional: the flattened mel spectrogram
     if "integers" not in pf.flows.accepts(name):
         _perturb(flow)  # off the identity initialisations, so that the context matters
     event = flow.event_shape
@@ -253,11 +259,11 @@ def test_every_preset_declares_what_it_accepts():
     for name in pf.flows.names():
         accepted = pf.flows.accepts(name)
         assert accepted and accepted <= pf.flows.CAPABILITIES, name
-        assert accepted & {"vectors", "images", "sphere", "simplex"}, name
+        assert accepted & {"vectors", "images", "sphere", "simplex", "audio"}, name
     with pytest.raises(ValueError, match="unknown flow"):
         pf.flows.accepts("nope")
     with pytest.raises(ValueError, match="accepts"):
-        pf.flows.register("kit-bad", accepts=("audio",))
+        pf.flows.register("kit-bad", accepts=("spectra",))
 
 
 def test_small_sizes_name_only_registered_presets():

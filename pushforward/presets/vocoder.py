@@ -24,7 +24,7 @@ from pushforward.distributions import StandardNormal
 __all__ = ["Vocoder", "vocode", "audio_log_prob", "bits_per_sample", "spectrogram_of"]
 
 
-@register("vocoder")
+@register("vocoder", accepts=("audio",))
 def Vocoder(
     features: int = 1024,
     context: int = 0,
