@@ -235,3 +235,26 @@ def test_bits_per_frame_and_rollout_shapes():
     assert drawn.shape == (2, 3, 4, 1, 8, 8) and drawn.dtype == torch.uint8
     with pytest.raises(ValueError, match="past"):
         rollout(flow, videos[:, :1], steps=2, past=2)
+
+
+@pytest.mark.slow
+def test_example_quick_writes_its_results(labelled_digits, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "video.py"
+    spec = importlib.util.spec_from_file_location("example_video", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder, _ = labelled_digits
+    out = tmp_path / "out"
+    metrics = module.main(["--quick", "--data", str(folder), "--out", str(out)])
+    assert metrics["predicted_frames"] == list(range(2, 10))
+    for name in ("conditional", "unconditional"):
+        bits = metrics["bits_per_dim"][name]
+        assert len(bits) == 8 and all(0 < b < 9 for b in bits)
+        assert (out / name / "config.json").is_file()
+    for figure in ("rollouts.png", "rollouts.gif", "bits_per_frame.png"):
+        assert (out / figure).stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        module.main(["--quick", "--data", str(tmp_path / "nowhere"), "--out", str(out)])
