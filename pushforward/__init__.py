@@ -10,6 +10,7 @@ from pushforward import (
     diagnostics,
     distributions,
     flows,
+    integrations,
     manifolds,
     nn,
     transforms,
@@ -61,6 +62,7 @@ __all__ = [
     "manifolds",
     "continuous",
     "compression",
+    "integrations",
     "ContextStandardization",
     "video",
 ]
