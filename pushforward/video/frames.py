@@ -36,19 +36,43 @@ def _as_videos(videos: np.ndarray | Tensor) -> Tensor:
 
 def dequantize(pixels: Tensor, generator: torch.Generator | None = None,
                dtype: torch.dtype | None = None) -> Tensor:
-    """``(v + u)/256 − ½`` with ``u ~ U[0, 1)``: integer pixels to the continuous scale."""
+    """``(v + u)/256 − ½`` with ``u ~ U[0, 1)``: integer pixels to the continuous scale.
+
+    Args:
+        pixels: integer pixel values ``v`` in ``0 … 255``, any shape.
+        generator: the noise's random generator (None: torch's global one).
+        dtype: the result's dtype (None: torch's default).
+
+    Returns:
+        Values in ``[−½, ½)``, same shape; ``quantize`` maps them back to ``pixels``.
+    """
     dtype = dtype or torch.get_default_dtype()
     noise = torch.rand(pixels.shape, generator=generator, dtype=dtype)
     return (pixels.to(dtype) + noise) / 256.0 - 0.5
 
 
 def centres(pixels: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """Bin centres ``(v + ½)/256 − ½``: the deterministic continuous value of a pixel."""
+    """Bin centres ``(v + ½)/256 − ½``: the deterministic continuous value of a pixel.
+
+    Args:
+        pixels: integer pixel values in ``0 … 255``, any shape.
+        dtype: the result's dtype (None: torch's default).
+
+    Returns:
+        The centres, same shape.
+    """
     return (pixels.to(dtype or torch.get_default_dtype()) + 0.5) / 256.0 - 0.5
 
 
 def quantize(x: Tensor) -> Tensor:
-    """Continuous values back to ``uint8`` pixels: ``clamp(⌊(x + ½)·256⌋, 0, 255)``."""
+    """Continuous values back to ``uint8`` pixels: ``clamp(⌊(x + ½)·256⌋, 0, 255)``.
+
+    Args:
+        x: values on the ``[−½, ½)`` scale (samples may stray outside; they are clamped).
+
+    Returns:
+        ``uint8`` pixels, same shape.
+    """
     return torch.clamp(torch.floor((x + 0.5) * 256.0), 0, 255).to(torch.uint8)
 
 
