@@ -17,8 +17,9 @@ from pushforward.presets.manifolds import SphericalFlow
 from pushforward.presets.residual import Planar, Radial, ResidualFlow, Sylvester
 from pushforward.presets.sphere_cnf import SphereCNF
 from pushforward.presets.vocoder import Vocoder
+from pushforward.video.flow import VideoGlow
 
 __all__ = ["build", "config_of", "names", "register", "accepts", "preset", "CAPABILITIES",
            "MAF", "IAF", "NSF", "Planar", "Radial", "NICE", "RealNVP", "Glow",
            "IDF", "Sylvester", "ResidualFlow", "NAF", "SphericalFlow", "CNF", "SphereCNF",
-           "Vocoder"]
+           "Vocoder", "VideoGlow"]
