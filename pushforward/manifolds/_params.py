@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from pushforward import _validation as _v
+from pushforward.manifolds._fused import FactoredMatrix, factored_matrix_reference
 from pushforward.nn import MLP
 
 
@@ -37,6 +39,11 @@ def as_tensor(value: object, shape: tuple[int, ...], owner: str, name: str) -> T
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{owner}: {name} contains NaN or infinite values")
     return t
+
+
+def cast(value: Tensor, dtype: torch.dtype) -> Tensor:
+    """``value`` in ``dtype``, without a dispatcher call when it already is (the common case)."""
+    return value if value.dtype == dtype else value.to(dtype)
 
 
 def soft_clamp(x: Tensor, bound: float = 5.0) -> Tensor:
@@ -84,24 +91,45 @@ class InvertibleMatrix(nn.Module):
         self.upper = nn.Parameter(torch.triu(upper, 1).to(dtype))
         self.log_diag = nn.Parameter(diag.abs().log().to(dtype))
         self.register_buffer("sign_diag", torch.sign(diag).to(dtype))
+        # The unit diagonal of L, made once (not per call); not saved: checkpoints keep their keys.
+        self.register_buffer("identity", torch.eye(d, dtype=dtype), persistent=False)
 
     def forward(self, delta: Tensor | None = None, dtype: torch.dtype | None = None
                 ) -> tuple[Tensor, Tensor]:
         dtype = dtype or self.lower.dtype
-        lower, upper = self.lower.to(dtype), self.upper.to(dtype)
-        log_diag = self.log_diag.to(dtype)
+        lower, upper = cast(self.lower, dtype), cast(self.upper, dtype)
+        log_diag = cast(self.log_diag, dtype)
+        permutation, sign = cast(self.permutation, dtype), cast(self.sign_diag, dtype)
         if delta is None:
-            lower, upper, log_diag = lower[None], upper[None], log_diag[None]
-        else:
-            delta = delta.to(dtype)
-            lower = lower + delta
-            upper = upper + delta
-            log_diag = log_diag + soft_clamp(torch.diagonal(delta, dim1=-2, dim2=-1))
-        eye = torch.eye(self.d, dtype=dtype, device=lower.device)
-        lo = torch.tril(lower, -1) + eye
-        up = torch.triu(upper, 1) + torch.diag_embed(self.sign_diag.to(dtype) * log_diag.exp())
-        m = self.permutation.to(dtype) @ lo @ up
-        return m, log_diag.sum(-1)
+            m, logdet = self.shared(dtype)
+            return m[None], logdet
+        delta = cast(delta, dtype)
+        lower = lower + delta
+        upper = upper + delta
+        log_diag = log_diag + soft_clamp(torch.diagonal(delta, dim1=-2, dim2=-1))
+        lo = torch.tril(lower, -1) + cast(self.identity, dtype)
+        up = torch.triu(upper, 1) + torch.diag_embed(sign * log_diag.exp())
+        return permutation @ lo @ up, log_diag.sum(-1)
+
+    def shared(self, dtype: torch.dtype | None = None, invert: bool = False
+               ) -> tuple[Tensor, Tensor]:
+        """One matrix for the batch: ``M`` (or ``M⁻¹``) ``(d, d)`` and ``log|det M|`` ``(1,)``.
+
+        One autograd node with a hand-written backward
+        (:class:`~pushforward.manifolds._fused.FactoredMatrix`); plain autograd operations inside
+        a ``torch.func`` transform.
+
+        Args:
+            dtype: the computation dtype (default the parameters').
+            invert: return ``M⁻¹`` instead of ``M`` (formed from the product, once per call).
+        """
+        dtype = dtype or self.lower.dtype
+        args = (cast(self.lower, dtype), cast(self.upper, dtype), cast(self.log_diag, dtype),
+                cast(self.permutation, dtype), cast(self.sign_diag, dtype),
+                cast(self.identity, dtype), invert)
+        if _v.in_torch_func():
+            return factored_matrix_reference(*args)
+        return FactoredMatrix.apply(*args)
 
 
 class ContextOffsets(nn.Module):

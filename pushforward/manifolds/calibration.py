@@ -27,6 +27,7 @@ from pushforward.manifolds._flow import ManifoldFlow
 from pushforward.manifolds._params import (
     InvertibleMatrix,
     as_tensor,
+    cast,
     initial_dtype,
     soft_clamp,
 )
@@ -103,8 +104,8 @@ class Calibration(_SimplexFlow):
         return torch.eye(self.n, dtype=self.log_scale.dtype) / self.scale
 
     def _params(self, context: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        log_a = self.log_scale.to(dtype).reshape(1, 1)
-        c = self.raw_shift.to(dtype)[None]
+        log_a = cast(self.log_scale, dtype).reshape(1, 1)
+        c = cast(self.raw_shift, dtype)[None]
         delta = self._offsets(context, dtype)
         if delta is not None:
             log_a = log_a + soft_clamp(delta[:, :1])
@@ -185,18 +186,20 @@ class GeneralizedCalibration(_SimplexFlow):
         """``(A, log|det K|, c)`` with a leading batch dimension (1 without context)."""
         m = self.n - 1
         delta = self._offsets(context, dtype)
-        w = self.coupling.to(dtype)[None]
-        mu = self.log_eigenvalue.to(dtype).reshape(1)
-        c = self.raw_shift.to(dtype)[None]
-        if delta is None:
-            k, logdet = self.reduced(None, dtype)
-        else:
-            k, logdet = self.reduced(delta[:, : m * m].reshape(-1, m, m), dtype)
-            w = w + delta[:, m * m: m * m + m]
-            mu = mu + soft_clamp(delta[:, m * m + m])
-            c = c + delta[:, m * m + m + 1:]
-        h, e = self.helmert.to(dtype), self.unit.to(dtype)
-        lam = self.sign_eigenvalue.to(dtype) * mu.exp()
+        w = cast(self.coupling, dtype)
+        mu = cast(self.log_eigenvalue, dtype)
+        c = cast(self.raw_shift, dtype)
+        h, e = cast(self.helmert, dtype), cast(self.unit, dtype)
+        lam_sign = cast(self.sign_eigenvalue, dtype)
+        if delta is None:  # one A for the batch: 2-D products, a leading 1 added at the end
+            k, logdet = self.reduced.shared(dtype)
+            a = h @ k @ h.T + torch.outer(e, h @ w + (lam_sign * mu.exp()) * e)
+            return a[None], logdet, c[None]
+        k, logdet = self.reduced(delta[:, : m * m].reshape(-1, m, m), dtype)
+        w = w + delta[:, m * m: m * m + m]
+        mu = mu + soft_clamp(delta[:, m * m + m])
+        c = c + delta[:, m * m + m + 1:]
+        lam = lam_sign * mu.exp()
         a = (h @ k @ h.T + e[:, None] * (w @ h.T)[:, None, :]
              + lam[:, None, None] * torch.outer(e, e))
         return a, logdet, c
@@ -227,8 +230,8 @@ class GeneralizedCalibration(_SimplexFlow):
         a, logdet, c = self._params(context, x.dtype)
         log_q = torch.log(x)
         rhs = log_q - c
-        if a.shape[0] == 1:
-            v = torch.linalg.solve(a[0], rhs.T).T
+        if a.shape[0] == 1:  # one small n × n inverse, then one product for the batch
+            v = rhs @ torch.linalg.inv(a[0]).T
         else:
             v = torch.linalg.solve(a, rhs.unsqueeze(-1)).squeeze(-1)
         log_p = torch.log_softmax(v, dim=-1)

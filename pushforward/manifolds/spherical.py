@@ -22,10 +22,15 @@ import torch
 from torch import Tensor
 
 from pushforward.manifolds._flow import ManifoldFlow
+from pushforward.manifolds._fused import (
+    normalized_affine_inverse_reference,
+    normalized_affine_reference,
+)
 from pushforward.manifolds._params import (
     InvertibleMatrix,
     as_tensor,
     ball,
+    cast,
     initial_dtype,
     unball,
 )
@@ -83,6 +88,30 @@ def _normalized_affine_inverse(x: Tensor, m: Tensor | None, logdet: Tensor | Non
     return z, ladj
 
 
+def _shared(m: Tensor | None, b: Tensor | None) -> bool:
+    """Whether one ``M`` (``(n, n)``) and one ``b`` (``(n,)``) serve the whole batch."""
+    return (m is None or m.dim() == 2) and (b is None or b.dim() == 1)
+
+
+def _apply(z: Tensor, m: Tensor | None, logdet: Tensor | None, b: Tensor | None
+           ) -> tuple[Tensor, Tensor]:
+    """:func:`_normalized_affine`; ``m`` is ``(n, n)`` when shared by the batch."""
+    if not _shared(m, b):
+        return _normalized_affine(z, m, logdet, b)
+    x, ladj = normalized_affine_reference(z, m, b)
+    return x, ladj if logdet is None else ladj + logdet
+
+
+def _apply_inverse(x: Tensor, a: Tensor | None, logdet: Tensor | None, b: Tensor | None,
+                   s: Tensor | None) -> tuple[Tensor, Tensor]:
+    """:func:`_normalized_affine_inverse`; a shared ``a`` is ``M⁻¹`` ``(n, n)`` (formed once per
+    call from the factors), per-sample matrices ``(batch, n, n)`` are ``M`` (solved)."""
+    if not _shared(a, b):
+        return _normalized_affine_inverse(x, a, logdet, b, s)
+    z, ladj = normalized_affine_inverse_reference(x, a, b, s)
+    return z, ladj if logdet is None else ladj - logdet
+
+
 class _SphericalFlow(ManifoldFlow):
     def __init__(self, n: int, context_features: int, hidden: Sequence[int], size: int) -> None:
         super().__init__(Sphere(n), context_features, hidden, size)
@@ -123,7 +152,7 @@ class NormalizedTranslation(_SphericalFlow):
         self.raw_shift = torch.nn.Parameter(unball(c, type(self).__name__, "shift").to(dtype))
 
     def _params(self, context: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        v = self.raw_shift.to(dtype)
+        v = cast(self.raw_shift, dtype)
         delta = self._offsets(context, dtype)
         return ball(v if delta is None else v + delta)
 
@@ -134,11 +163,11 @@ class NormalizedTranslation(_SphericalFlow):
 
     def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         c, _ = self._params(context, z.dtype)
-        return _normalized_affine(z, None, None, c)
+        return _apply(z, None, None, c)
 
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         c, s = self._params(context, x.dtype)
-        return _normalized_affine_inverse(x, None, None, c, s)
+        return _apply_inverse(x, None, None, c, s)
 
 
 class NormalizedLinear(_SphericalFlow):
@@ -165,9 +194,13 @@ class NormalizedLinear(_SphericalFlow):
         super().__init__(n, context_features, hidden, int(n) ** 2)
         self.linear = InvertibleMatrix(self.n, matrix, initial_dtype(matrix), type(self).__name__)
 
-    def _params(self, context: Tensor | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def _params(self, context: Tensor | None, dtype: torch.dtype, invert: bool = False
+                ) -> tuple[Tensor, Tensor]:
+        """``(M, log|det M|)``: shared ``(n, n)`` (``M⁻¹`` when ``invert``), else per sample."""
         delta = self._offsets(context, dtype)
-        return self.linear(None if delta is None else delta.view(-1, self.n, self.n), dtype)
+        if delta is None:
+            return self.linear.shared(dtype, invert)
+        return self.linear(delta.view(-1, self.n, self.n), dtype)
 
     @property
     def matrix(self) -> Tensor:
@@ -176,11 +209,11 @@ class NormalizedLinear(_SphericalFlow):
 
     def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         m, logdet = self._params(context, z.dtype)
-        return _normalized_affine(z, m, logdet, None)
+        return _apply(z, m, logdet, None)
 
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        m, logdet = self._params(context, x.dtype)
-        return _normalized_affine_inverse(x, m, logdet, None, None)
+        m, logdet = self._params(context, x.dtype, invert=True)
+        return _apply_inverse(x, m, logdet, None, None)
 
 
 class NormalizedAffine(_SphericalFlow):
@@ -214,12 +247,13 @@ class NormalizedAffine(_SphericalFlow):
             raise ValueError(f"{name}: shift must satisfy ‖M⁻¹c‖ < 1, got {float(b.norm()):.6g}")
         self.raw_shift = torch.nn.Parameter(unball(b, name, "M⁻¹c").to(dtype))
 
-    def _params(self, context: Tensor | None, dtype: torch.dtype
+    def _params(self, context: Tensor | None, dtype: torch.dtype, invert: bool = False
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(M, log|det M|, b, 1 − ‖b‖²)``: shared (``M⁻¹`` when ``invert``), else per sample."""
         delta = self._offsets(context, dtype)
-        v = self.raw_shift.to(dtype)
+        v = cast(self.raw_shift, dtype)
         if delta is None:
-            m, logdet = self.linear(None, dtype)
+            m, logdet = self.linear.shared(dtype, invert)
         else:
             m, logdet = self.linear(delta[:, self.n:].reshape(-1, self.n, self.n), dtype)
             v = v + delta[:, : self.n]
@@ -238,8 +272,8 @@ class NormalizedAffine(_SphericalFlow):
 
     def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         m, logdet, b, _ = self._params(context, z.dtype)
-        return _normalized_affine(z, m, logdet, b)
+        return _apply(z, m, logdet, b)
 
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        m, logdet, b, s = self._params(context, x.dtype)
-        return _normalized_affine_inverse(x, m, logdet, b, s)
+        m, logdet, b, s = self._params(context, x.dtype, invert=True)
+        return _apply_inverse(x, m, logdet, b, s)
