@@ -12,6 +12,13 @@ Example:
 """
 
 from pushforward.video.coupling import SpatialCoupling
+from pushforward.video.dataset import (
+    bouncing_paths,
+    generate,
+    load_digits,
+    moving_mnist,
+    split_digits,
+)
 from pushforward.video.flow import FrameEncoder, VideoGlow
 from pushforward.video.frames import (
     FramePairs,
@@ -20,13 +27,6 @@ from pushforward.video.frames import (
     dequantize,
     quantize,
     rollout,
-)
-from pushforward.video.moving_mnist import (
-    bouncing_paths,
-    generate,
-    load_digits,
-    moving_mnist,
-    split_digits,
 )
 
 __all__ = ["SpatialCoupling", "FrameEncoder", "VideoGlow", "FramePairs", "bits_per_frame",
