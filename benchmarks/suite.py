@@ -14,7 +14,10 @@ counts are printed and must agree) with ``torch.set_num_threads`` fixed (``--thr
   d ∈ {2, 16, 64}, batch 1024. The measurement loop of ``benchmarks/throughput.py`` is reused:
   implementations alternate inside every repeat (order reversed on odd repeats), each measurement
   lasts ``--min-time`` seconds, and the table reports the median with its min–max spread over
-  ``--repeats`` repeats, plus our speed over the FASTEST peer (> 1: ours is faster).
+  ``--repeats`` repeats, plus our speed over the FASTEST peer (> 1: ours is faster). A
+  ``matmuls`` row times the conditioners' dense products alone (``matmul_bound``), in the same
+  alternation; fastest-peer time over that time is the bound on our ratio that removing every
+  other cost could reach, and a third table gives our ratio beside it and as a fraction of it.
 * ``memory``: peak memory of one training step (after a warm-up step, so the Adam state exists
   before and after and is not counted). ``tracemalloc`` does not see torch's CPU allocations, so
   the step runs under ``torch.profiler`` with ``profile_memory=True``; every operator records the
@@ -98,6 +101,53 @@ def compiled(model: tp.Model, x: Tensor) -> dict[str, object]:
     return {"log_prob": lp, "train_step": lambda: step(x)}
 
 
+# -- the matmuls-only bound ----------------------------------------------------------------------
+
+
+def conditioner_shapes(module: torch.nn.Module) -> list[list[tuple[int, int]]]:
+    """``(out, in)`` of every dense layer of every conditioner of our flow, per conditioner."""
+    shapes = []
+    for sub in module.modules():
+        plan = getattr(sub, "_plan", None)
+        if plan is not None:
+            layers = [tuple(shape) for _, shape, _, _ in plan.slots]
+            if plan.context_slot is not None:
+                layers[0] = (layers[0][0], layers[0][1] + plan.context_slot[1][1])
+            shapes.append(layers)
+    return shapes
+
+
+def matmul_bound(model: tp.Model, batch: int) -> dict[str, object]:
+    """The dense products of the conditioners and nothing else: the forward ``addmm`` of every
+    layer (log_prob); plus, for a training step, every weight gradient ``gᵀh`` and every input
+    gradient ``g W`` (but the first layer's of the first conditioner, whose input is the data).
+    Shapes are our conditioners', equal to the peers' (the parameter counts agree). Every
+    library performs at least these products, so fastest-peer time / this time bounds the
+    speed-up that overhead removal can give."""
+    torch.manual_seed(0)
+    stacks = []
+    for layers in conditioner_shapes(model.module):
+        stacks.append([(torch.randn(batch, i), torch.randn(o, i), torch.randn(o),
+                        torch.randn(batch, o)) for o, i in layers])
+
+    def log_prob() -> object:
+        for stack in stacks:
+            for h, w, b, _ in stack:
+                torch.addmm(b, h, w.t())
+        return None
+
+    def train_step() -> object:
+        for n, stack in enumerate(stacks):
+            for k, (h, w, b, g) in enumerate(stack):
+                torch.addmm(b, h, w.t())
+                torch.mm(g.t(), h)
+                if n or k:
+                    torch.mm(g, w)
+        return None
+
+    return {"log_prob": log_prob, "train_step": train_step}
+
+
 # -- speed ----------------------------------------------------------------------------------------
 
 
@@ -112,6 +162,9 @@ def speed_case(flow: str, d: int, impls: list[str], cfg: argparse.Namespace) -> 
             print(f"[skip] {impl} {flow} d={d}: {type(err).__name__}: {err}", file=sys.stderr)
     fns = {m.impl: tp.operations(m, x) for m in models}
     params = {m.impl: m.params for m in models}
+    if cfg.bound_rows and models and models[0].impl == "pushforward":
+        fns["matmuls"] = matmul_bound(models[0], cfg.batch)
+        params["matmuls"] = models[0].params
     if f"{flow}:{d}" in cfg.compile:
         start = time.perf_counter()
         twin = build("pushforward", flow, d, cfg)
@@ -247,9 +300,12 @@ def speed_table(records: list[dict], peers: list[str]) -> str:
     index = {(r["flow"], r["d"], r["impl"], r["op"]): r for r in records}
     keys = sorted({(r["flow"], r["d"]) for r in records},
                   key=lambda k: (tp.FLOWS.index(k[0]), k[1]))
-    impls = ["pushforward", "pushforward+compile", *peers]
+    impls = ["pushforward", "pushforward+compile", *peers, "matmuls"]
     lines = ["| flow | d | impl | params | log_prob /s | train step /s | sample /s |",
              "|---|---|---|---|---|---|---|"]
+    bound_lines = ["| flow | d | log_prob: ours / fastest | matmuls-only bound | fraction "
+                   "| train step: ours / fastest | matmuls-only bound | fraction |",
+                   "|---|---|---|---|---|---|---|---|"]
     ratio_lines = ["| flow | d | fastest peer: log_prob | train step | sample "
                    "| ours / fastest: log_prob | train step | sample |",
                    "|---|---|---|---|---|---|---|---|"]
@@ -277,7 +333,28 @@ def speed_table(records: list[dict], peers: list[str]) -> str:
             best.append(top["impl"])
             ratio.append(f"{ours / top['throughput']:.2f}×")
         ratio_lines.append(f"| {flow} | {d} | " + " | ".join(best + ratio) + " |")
-    return "\n".join(lines) + "\n\n" + "\n".join(ratio_lines)
+        bound_line = bound_row(index, flow, d, peers)
+        if bound_line:
+            bound_lines.append(bound_line)
+    out = "\n".join(lines) + "\n\n" + "\n".join(ratio_lines)
+    if len(bound_lines) > 2:
+        out += "\n\n" + "\n".join(bound_lines)
+    return out
+
+
+def bound_row(index: dict, flow: str, d: int, peers: list[str]) -> str | None:
+    """Fastest peer / matmuls-only (the bound) and our ratio as a fraction of it."""
+    cells = []
+    for op in ("log_prob", "train_step"):
+        bound = index.get((flow, d, "matmuls", op))
+        ours = index.get((flow, d, "pushforward", op))
+        found = [index[(flow, d, p, op)] for p in peers if (flow, d, p, op) in index]
+        if bound is None or ours is None or not found:
+            return None
+        top = max(r["throughput"] for r in found)
+        ratio, limit = ours["throughput"] / top, bound["throughput"] / top
+        cells += [f"{ratio:.2f}×", f"{limit:.2f}×", f"{ratio / limit:.2f}"]
+    return f"| {flow} | {d} | " + " | ".join(cells) + " |"
 
 
 def memory_table(records: list[dict], peers: list[str]) -> str:
@@ -352,6 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     tp.add_comparison_arguments(parser)
     parser.add_argument("--compile", nargs="*", default=[], metavar="FLOW:D",
                         help="also time our torch.compile'd log_prob and training step there")
+    parser.add_argument("--no-bound", dest="bound_rows", action="store_false",
+                        help="skip the matmuls-only bound rows of the speed part")
     parser.add_argument("--steps", type=int, default=1000, help="NLL: Adam steps")
     parser.add_argument("--nll-batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -198,7 +198,8 @@ class _Plan:
     def unpack(self, flat: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
         """Weights, biases and context weight as views of a tensor laid out like ``flat``."""
         pieces = torch.split_with_sizes(flat, self.sizes)
-        views = [piece.view(shape) for piece, shape in zip(pieces, self.shapes)]
+        views = [piece if len(shape) == 1 else piece.view(shape)
+                 for piece, shape in zip(pieces, self.shapes)]
         layers = len(self.slots)
         context = views[2 * layers] if self.context_slot is not None else None
         return views[0 : 2 * layers : 2], views[1 : 2 * layers : 2], context
@@ -291,7 +292,10 @@ class _ReluStack(torch.autograd.Function):
                     torch.mm(g.t(), context, out=grad_context_weight)
             if k == 0:
                 if needs[0]:
-                    grad_x = torch.mm(g, weights[0])
+                    weight = weights[0]
+                    # a very narrow input (d ≤ 4): (Wᵀ gᵀ)ᵀ is the faster layout
+                    grad_x = (torch.mm(weight.t(), g.t()).t() if weight.shape[1] <= 4
+                              else torch.mm(g, weight))
                 if needs[1]:
                     grad_context = torch.mm(g, ctx.context_weight)
             else:
