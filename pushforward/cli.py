@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pushforward.cli_config import add_config_argument, parse_args
+
 __all__ = ["main", "command", "DEFAULT_DATASET", "DEFAULT_FLOW"]
 
 DEFAULT_DATASET = "moons"
@@ -306,6 +308,7 @@ def _train_parser(p: argparse.ArgumentParser) -> Runner:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default auto)")
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_argument(p)  # --config FILE.json|yaml: any flag as a key
     return _run_train
 
 
@@ -707,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     from pushforward.training import distributed as ddp
 
     try:
-        args = _parser().parse_args(argv)
+        args = parse_args(_parser(), argv)
         return int(args._run(args))
     except CommandError as error:
         print(f"pushforward: error: {error}" if error.code != 2 else str(error),
