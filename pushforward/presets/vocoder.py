@@ -183,5 +183,5 @@ def bits_per_sample(log_prob: Tensor, samples: int | Tensor, bits: int = 16) -> 
     """
     total = float(torch.as_tensor(samples).sum()) * (
         log_prob.numel() if isinstance(samples, int) else 1)
-    nats = -float(log_prob.double().sum()) / total
+    nats = -float(log_prob.detach().double().sum()) / total
     return nats / math.log(2) + (bits - 1)
