@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pushforward as pf  # noqa: E402
 from pushforward.data import VariationalDequantization, dequantized_log_prob, load_dataset  # noqa: E402,E501
-from pushforward.data.preprocess import Reshape, wrap  # noqa: E402
+from pushforward.data.preprocess import wrap  # noqa: E402
+from pushforward.transforms import Reshape  # noqa: E402
 
 
 def _bits(bound: torch.Tensor, dims: int) -> float:

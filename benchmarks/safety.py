@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pushforward as pf  # noqa: E402
 from pushforward.data import bits_per_dim, load_dataset, toy  # noqa: E402
-from pushforward.data.preprocess import Reshape, wrap  # noqa: E402
+from pushforward.data.preprocess import wrap  # noqa: E402
+from pushforward.transforms import Reshape  # noqa: E402
 
 
 def _toy_task(seed: int, bound: float | None, steps: int, lr: float) -> float:

@@ -185,7 +185,9 @@ def check_count(n: object, owner: str) -> int:
     return n
 
 
-def check_int(value: object, owner: str, name: str, minimum: int = 1) -> int:
+def check_int(
+    value: object, owner: str, name: str, minimum: int = 1, type_error: bool = True
+) -> int:
     """An integer option ``value >= minimum`` (a Python or NumPy integer, not a bool or float).
 
     The one positive-int check of the package: presets, training and the CLI call it.
@@ -195,12 +197,14 @@ def check_int(value: object, owner: str, name: str, minimum: int = 1) -> int:
         owner: who asks (the start of the message).
         name: the option's name (in the message).
         minimum: the smallest accepted value.
+        type_error: raise ``TypeError`` for a non-integer (False: ``ValueError``, as for a
+            value out of range).
 
     Returns:
         ``value`` as an ``int``.
 
     Raises:
-        TypeError: ``value`` is not an integer.
+        TypeError: ``value`` is not an integer (``ValueError`` with ``type_error=False``).
         ValueError: ``value < minimum``.
 
     Example:
@@ -209,11 +213,13 @@ def check_int(value: object, owner: str, name: str, minimum: int = 1) -> int:
     """
     import numbers
 
+    wanted = {0: "a non-negative integer", 1: "a positive integer"}.get(
+        minimum, f"an integer >= {minimum}")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{owner}: {name} must be an integer >= {minimum}, got "
-                        f"{type(value).__name__} {value!r}")
+        error = TypeError if type_error else ValueError
+        raise error(f"{owner}: {name} must be {wanted}, got {type(value).__name__} {value!r}")
     if int(value) < minimum:
-        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{owner}: {name} must be {wanted}, got {value!r}")
     return int(value)
 
 

@@ -119,7 +119,7 @@ def _set_threads(threads: int | None, image: bool) -> None:
 
 def _build_flow(name: str, bundle: Any, options: dict[str, Any]) -> Any:
     import pushforward.flows as flows
-    from pushforward.data.preprocess import Reshape, wrap
+    from pushforward.transforms import Reshape
 
     if name.lower() not in flows.names():
         raise CommandError(f"unknown flow {name!r}; choose one of {', '.join(flows.names())}")
@@ -138,7 +138,7 @@ def _build_flow(name: str, bundle: Any, options: dict[str, Any]) -> Any:
         if bundle.kind == "image":
             layers.insert(0, Reshape(bundle.event_shape, (bundle.dims,)))
         flow = flows.build(name, features=bundle.dims, **options)
-    return wrap(flow, layers)
+    return flow.prepend(layers)
 
 
 def _device(name: str) -> torch.device:
@@ -156,18 +156,13 @@ def _device(name: str) -> torch.device:
 
 def _seeded_nll(flow: Any, data: Any, seed: int) -> tuple[float, float]:
     """Mean NLL and its standard error (dequantisation noise fixed by ``seed``)."""
-    from pushforward.training.fit import _anchor, _Source, _to
+    from pushforward.evaluation import batched_negative_log_likelihood
+    from pushforward.training import DataSource
 
-    source = _Source(data, "test")
-    like = _anchor(flow)
-    values = []
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        flow.eval()
-        for start in range(0, len(source), 2048):
-            x, ctx = source.batch(torch.arange(start, min(start + 2048, len(source))))
-            values.append(-flow.log_prob(_to(x, like), ctx).double().cpu())
-    nll = torch.cat(values)
+        nll = batched_negative_log_likelihood(flow, DataSource(data, "test").batches(2048))
+    nll = nll.double().cpu()
     se = float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else float("nan")
     return float(nll.mean()), se
 

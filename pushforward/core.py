@@ -19,8 +19,10 @@ from torch import Tensor, nn
 
 from pushforward import _validation as _v
 from pushforward._flow_distribution import FlowDistribution
+from pushforward.specs import from_spec, serializable, to_spec
 
-__all__ = ["Transform", "Chain", "Inverse", "BaseDistribution", "Flow", "FlowDistribution"]
+__all__ = ["Transform", "Chain", "Inverse", "BaseDistribution", "Flow", "FlowDistribution",
+           "serializable", "to_spec", "from_spec"]
 
 Shape = tuple[int, ...]
 
@@ -302,20 +304,52 @@ class Chain(Transform):
 class BaseDistribution(nn.Module):
     """Interface of a base distribution ``p_0``: an ``nn.Module`` with ``log_prob`` and ``sample``.
 
-    Subclasses implement ``log_prob(z, context=None) -> (batch,)`` and
-    ``sample(n, context=None) -> (n, *event_shape)`` (reparametrised where the family allows),
-    declare ``event_shape`` and ``context_features``, and may override ``sample_and_log_prob``.
-    A conditional base gets one context row per sample: ``context`` is ``(n, context_features)``.
+    A template, as ``Transform`` is: ``log_prob`` and ``sample`` check their inputs once here
+    (the shape of ``z``, the sample count, the temperature, the context of a conditional base,
+    while validation is on) and call the subclass's ``_log_prob(z, context) -> (batch,)`` and
+    ``_sample(n, context, temperature) -> (n, *event_shape)`` (reparametrised where the family
+    allows). Subclasses declare ``event_shape`` and ``context_features`` and may override
+    ``sample_and_log_prob`` (or ``log_prob`` / ``sample`` themselves, e.g. on a manifold). A
+    conditional base gets one context row per sample: ``context`` is ``(n, context_features)``.
     """
 
     event_shape: Shape
     context_features: int = 0
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        raise NotImplementedError
+        """``log p_0(z)``, shape ``(batch,)``.
 
-    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
-        raise NotImplementedError
+        Raises:
+            ValueError: ``z`` or the context is wrongly shaped or not finite (validation on).
+        """
+        if _v.is_validating():
+            owner = type(self).__name__
+            _v.check_tensor(z, self.event_shape, f"{owner}.log_prob", "z")
+            if self.context_features:
+                _v.check_context(context, self.context_features, z.shape[0], owner)
+        return self._log_prob(z, context)
+
+    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+        """``n`` draws ``(n, *event_shape)``; ``temperature`` scales the spread where defined.
+
+        Raises:
+            TypeError: ``n`` is not an integer.
+            ValueError: ``n < 0``, a bad temperature or context.
+        """
+        owner = type(self).__name__
+        temperature = float(temperature)
+        if not temperature > 0 or not math.isfinite(temperature):
+            raise ValueError(f"temperature must be a positive finite number, got {temperature}")
+        n = _v.check_count(n, f"{owner}.sample")
+        if self.context_features and _v.is_validating():
+            _v.check_context(context, self.context_features, n, owner)
+        return self._sample(n, context, temperature)
+
+    def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} implements no log_prob")
+
+    def _sample(self, n: int, context: Tensor | None, temperature: float) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} implements no sample")
 
     def sample_and_log_prob(
         self, n: int, context: Tensor | None = None, **options: float
@@ -418,6 +452,59 @@ class Flow(nn.Module):
                 _v.check_context(context, self._inner_context, raw_batch,
                                  "Flow (the embedding's output)")
         return context
+
+    def embed_context(self, context: Tensor | None, batch: int | None = None) -> Tensor | None:
+        """The context as the transform and base read it: checked, then embedded once.
+
+        Args:
+            context: the raw context ``(batch, ...)`` or None.
+            batch: the batch size it must have (None: any).
+
+        Returns:
+            The embedded context ``(batch, k)`` (the raw one without an embedding), or None.
+
+        Raises:
+            ValueError: the context is missing, unexpected or wrongly shaped (validation on).
+        """
+        return self._context(context, batch)
+
+    def prepend(self, layers: Sequence[Transform]) -> Flow:
+        """A flow that applies ``layers`` to the data first (normalizing direction).
+
+        Pre-processing in data units: ``x = layers(f(z))`` in the generative direction, so
+        ``log_prob`` and ``sample`` speak the user's units (a standardisation, a logit, a box).
+        The base, the context embedding and the parameters are shared. A flow that records a
+        ``config`` (a preset) gains ``config["preprocess"]``, the layers' ``pushforward.specs``
+        records, so a checkpoint rebuilds the same structure.
+
+        Args:
+            layers: transforms in generative order (the data side last).
+
+        Returns:
+            The wrapped flow (``self`` when ``layers`` is empty).
+
+        Example:
+            >>> import torch, pushforward as pf
+            >>> flow = pf.flows.MAF(2, transforms=1).prepend([pf.transforms.Sigmoid(0.0, 1.0)])
+            >>> bool(((flow.sample(5) > 0) & (flow.sample(5) < 1)).all())
+            True
+        """
+        layers = list(layers)
+        if not layers:
+            return self
+        if callable(getattr(self, "wrap_data", None)):  # an augmented flow: layers act on x only
+            wrapped = self.wrap_data(layers)
+        else:
+            wrapped = Flow(
+                Chain([self.transform, *layers]),
+                self.base,
+                embedding=self.embedding,
+                context_features=self.context_shape if self.embedding is not None else None,
+            )
+        config = getattr(self, "config", None)
+        if isinstance(config, dict):
+            wrapped.config = {**config, "preprocess": [to_spec(layer) for layer in layers]}
+        return wrapped
 
     def _sample_count(self, n: int | Sequence[int]) -> tuple[int, Shape]:
         """``n`` as (count, sample shape): an int ``n`` or a shape as in torch.distributions."""

@@ -102,13 +102,6 @@ def discretized_mixture_sample(
     return torch.round(mu + temperature * s * (torch.log(u) - torch.log1p(-u)))
 
 
-def _check_temperature(temperature: float) -> float:
-    temperature = float(temperature)
-    if not temperature > 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
-    return temperature
-
-
 class DiscretizedLogistic(BaseDistribution):
     """A factorised mixture of discretized logistics on ``ℤ^shape`` with learned parameters.
 
@@ -169,19 +162,15 @@ class DiscretizedLogistic(BaseDistribution):
         return (self.logits.reshape(view).expand(shape), loc.reshape(view).expand(shape),
                 clamp_log_scale(self.raw_log_scale).reshape(view).expand(shape))
 
-    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         """``log P(z)`` summed over the event, shape ``(batch,)``."""
-        if _v.is_validating():
-            _v.check_tensor(z, self.event_shape, "DiscretizedLogistic.log_prob", "z")
         logits, loc, log_scale = self.params(z.shape[0])
         return discretized_mixture_log_prob(z, logits, loc, log_scale).flatten(1).sum(-1)
 
     @torch.no_grad()
-    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+    def _sample(self, n: int, context: Tensor | None, temperature: float) -> Tensor:
         """Integer-valued draws ``(n, *event_shape)`` in the parameters' dtype."""
-        t = _check_temperature(temperature)
-        n = _v.check_count(n, "DiscretizedLogistic.sample")
-        return discretized_mixture_sample(*self.params(n), temperature=t)
+        return discretized_mixture_sample(*self.params(n), temperature=temperature)
 
     def extra_repr(self) -> str:
         return f"event_shape={self.event_shape}, components={self.components}"

@@ -37,13 +37,6 @@ def _gaussian_log_prob(z: Tensor, loc: Tensor, log_scale: Tensor, event_dims: in
     return density.flatten(start_dim=z.dim() - event_dims).sum(-1)
 
 
-def _check_temperature(temperature: float) -> float:
-    temperature = float(temperature)
-    if not temperature > 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature}")
-    return temperature
-
-
 class StandardNormal(BaseDistribution):
     """``N(0, I)`` on ``features`` (an int) or an event ``shape``.
 
@@ -58,20 +51,14 @@ class StandardNormal(BaseDistribution):
         self.event_shape = _v.as_shape(shape)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
-    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        if _v.is_validating():
-            _v.check_tensor(z, self.event_shape, "StandardNormal.log_prob", "z")
+    def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         d = math.prod(self.event_shape)
         return -0.5 * z.flatten(1).pow(2).sum(-1) - 0.5 * d * _LOG_2PI
 
-    def sample(
-        self, n: int, context: Tensor | None = None, temperature: float = 1.0
-    ) -> Tensor:
-        t = _check_temperature(temperature)
-        z = torch.randn(_v.check_count(n, "StandardNormal.sample"), *self.event_shape,
-                        dtype=self._anchor.dtype,
+    def _sample(self, n: int, context: Tensor | None, temperature: float) -> Tensor:
+        z = torch.randn(n, *self.event_shape, dtype=self._anchor.dtype,
                         device=self._anchor.device)
-        return z if t == 1.0 else z * t
+        return z if temperature == 1.0 else z * temperature
 
     def extra_repr(self) -> str:
         return f"event_shape={self.event_shape}"
@@ -92,18 +79,12 @@ class DiagonalNormal(BaseDistribution):
         self.loc = nn.Parameter(torch.zeros(self.event_shape))
         self.log_scale = nn.Parameter(torch.zeros(self.event_shape))
 
-    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        if _v.is_validating():
-            _v.check_tensor(z, self.event_shape, "DiagonalNormal.log_prob", "z")
+    def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         return _gaussian_log_prob(z, self.loc, self.log_scale, len(self.event_shape))
 
-    def sample(
-        self, n: int, context: Tensor | None = None, temperature: float = 1.0
-    ) -> Tensor:
-        t = _check_temperature(temperature)
-        eps = torch.randn(_v.check_count(n, "DiagonalNormal.sample"), *self.event_shape,
-                          dtype=self.loc.dtype, device=self.loc.device)
-        return self.loc + t * torch.exp(self.log_scale) * eps
+    def _sample(self, n: int, context: Tensor | None, temperature: float) -> Tensor:
+        eps = torch.randn(n, *self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + temperature * torch.exp(self.log_scale) * eps
 
     def extra_repr(self) -> str:
         return f"event_shape={self.event_shape}"
@@ -142,23 +123,13 @@ class ConditionalDiagonalNormal(BaseDistribution):
         shape = (context.shape[0], *self.event_shape)
         return loc.reshape(shape), log_scale.reshape(shape)
 
-    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        if _v.is_validating():
-            _v.check_tensor(z, self.event_shape, "ConditionalDiagonalNormal.log_prob", "z")
-            _v.check_context(context, self.context_features, z.shape[0],
-                             "ConditionalDiagonalNormal")
+    def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         assert context is not None
         loc, log_scale = self._params(context)
         return _gaussian_log_prob(z, loc, log_scale, len(self.event_shape))
 
-    def sample(
-        self, n: int, context: Tensor | None = None, temperature: float = 1.0
-    ) -> Tensor:
-        if _v.is_validating():
-            n = _v.check_count(n, "ConditionalDiagonalNormal.sample")
-            _v.check_context(context, self.context_features, n, "ConditionalDiagonalNormal")
+    def _sample(self, n: int, context: Tensor | None, temperature: float) -> Tensor:
         assert context is not None
-        t = _check_temperature(temperature)
         loc, log_scale = self._params(context)
-        return loc + t * torch.exp(log_scale) * torch.randn_like(loc)
+        return loc + temperature * torch.exp(log_scale) * torch.randn_like(loc)
 

@@ -3,7 +3,7 @@
 import torch
 from contract import Case
 
-from pushforward.data.preprocess import LogitPreprocessing, Reshape, Standardization
+from pushforward.transforms import LogitPreprocessing, Reshape, Standardization
 
 
 def _unit(shape):

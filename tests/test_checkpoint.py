@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import pushforward as pf
-from pushforward.data.preprocess import Standardization, wrap
+from pushforward.data.preprocess import wrap
 from pushforward.training import checkpoint as ckpt
 from pushforward.training import load, load_checkpoint, save
+from pushforward.transforms import Standardization
 
 
 def _flow(**options):

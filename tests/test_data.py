@@ -10,14 +10,8 @@ import torch
 import pushforward as pf
 from pushforward import data as D
 from pushforward.data import images as I
-from pushforward.data.preprocess import (
-    LogitPreprocessing,
-    Standardization,
-    from_spec,
-    unwrap_spec,
-    wrap,
-)
-from pushforward.transforms import Affine
+from pushforward.data.preprocess import from_spec, unwrap_spec, wrap
+from pushforward.transforms import Affine, LogitPreprocessing, Standardization
 
 
 @pytest.mark.parametrize("name", D.toy_names())

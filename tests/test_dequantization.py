@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pushforward as pf
-from pushforward.data.dequantization import VariationalDequantization, dequantized_log_prob
+from pushforward.training.dequantization import VariationalDequantization, dequantized_log_prob
 
 LEVELS = 4
 
@@ -89,7 +89,7 @@ def test_variational_noise_lies_in_the_unit_cube_and_learns():
     u, log_q = q.sample(k)
     assert u.shape == k.shape and log_q.shape == (64,)
     assert bool(((u > 0) & (u < 1)).all()) and torch.isfinite(log_q).all()
-    reshape = pf.data.preprocess.Reshape((1, 2, 2), (4,))
+    reshape = pf.transforms.Reshape((1, 2, 2), (4,))
     model = pf.data.preprocess.wrap(flow, [reshape])
     opt = torch.optim.Adam([*model.parameters(), *q.parameters()], lr=1e-2)
     start = None

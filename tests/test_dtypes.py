@@ -107,6 +107,7 @@ def _build_public(name: str):
         "ConvNet": lambda cls: cls(2, 3),
         "MaskedLinear": lambda cls: cls(torch.ones(4, 3, dtype=torch.bool)),
         "Standardization": lambda cls: cls([0.0, 1.0, 2.0], [1.0, 2.0, 3.0]),
+        "Reshape": lambda cls: cls((1, 3), (3,)),
     }
     return special.get(name, lambda cls: cls(3))
 
@@ -136,7 +137,7 @@ def _exercise(obj: nn.Module, dtype: torch.dtype) -> None:
             x = _sphere(shape[0])
         elif name in {"Calibration", "GeneralizedCalibration"}:
             x = _simplex(shape[0])
-        elif name in {"Sigmoid"}:
+        elif name in {"Sigmoid", "LogitPreprocessing"}:
             x = 0.1 + 0.8 * torch.rand(4, *shape)
         else:
             x = torch.randn(4, *shape)

@@ -1,7 +1,11 @@
-"""Built-in datasets (2-D toys, digits, IDX images), CSV/NPY loaders, dequantisation, bits/dim."""
+"""Built-in datasets (2-D toys, digits, IDX images), CSV/NPY loaders, bits/dim.
 
+This package only loads data: it imports nothing of pushforward but ``core``. The learned
+dequantisation lives with the losses (``pushforward.training.VariationalDequantization``).
+"""
+
+from pushforward.data import preprocess
 from pushforward.data.datasets import DataBundle, datasets, load_dataset, split_indices
-from pushforward.data.dequantization import VariationalDequantization, dequantized_log_prob
 from pushforward.data.images import (
     DequantizedImages,
     bits_per_dim,
@@ -9,7 +13,6 @@ from pushforward.data.images import (
     idx_dataset,
     load_idx,
 )
-from pushforward.data.preprocess import LogitPreprocessing, Standardization
 from pushforward.data.tabular import (
     latlon_to_unit,
     load_csv,
@@ -21,11 +24,8 @@ from pushforward.data.toy import TOY_DATASETS, toy, toy_names
 
 __all__ = [
     "DataBundle",
+    "preprocess",
     "DequantizedImages",
-    "VariationalDequantization",
-    "dequantized_log_prob",
-    "LogitPreprocessing",
-    "Standardization",
     "TOY_DATASETS",
     "bits_per_dim",
     "datasets",

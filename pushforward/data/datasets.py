@@ -18,14 +18,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pushforward.core import Transform
+from pushforward.core import Transform, from_spec
 from pushforward.data.images import (
     IDX_DATASETS,
     DequantizedImages,
     digits,
     idx_dataset,
 )
-from pushforward.data.preprocess import LogitPreprocessing, Standardization
 from pushforward.data.tabular import latlon_to_unit, load_table, unit_to_latlon
 from pushforward.data.toy import TOY_DATASETS, toy
 
@@ -94,7 +93,9 @@ class DataBundle:
         train: the training split, a tensor ``(N, *event_shape)`` or ``DequantizedImages``.
         val: the validation split, of the same kind.
         test: the test split, of the same kind.
-        preprocess: fixed layers appended to the flow (data side last), e.g. a standardisation.
+        preprocess: fixed layers to prepend to a flow (``flow.prepend(bundle.preprocess)``;
+            the data side last), e.g. a standardisation; built from their records
+            (``pushforward.specs``), so this package needs no transform module.
         levels: number of pixel levels (images), else None.
         spec: a JSON record ``load_dataset(**spec)`` accepts to rebuild this bundle.
     """
@@ -122,11 +123,13 @@ class DataBundle:
         return array
 
 
-def _standardization(train: Tensor) -> Standardization:
+def _standardization(train: Tensor) -> Transform:
+    """The fixed ``x = μ + σ ⊙ y`` (``pf.transforms.Standardization``) of the training split."""
     loc = train.mean(0)
     scale = train.std(0)
     scale = torch.where(scale > 1e-12 * (1 + loc.abs()), scale, torch.ones_like(scale))
-    return Standardization(loc, scale)
+    return from_spec({"type": "standardization", "loc": loc.double().tolist(),
+                      "scale": scale.double().tolist()})
 
 
 def _vector_bundle(name: str, data: np.ndarray, seed: int, spec: dict[str, Any],
@@ -220,7 +223,8 @@ def load_dataset(source: str | os.PathLike, seed: int = 0, manifold: str | None 
         test = DequantizedImages(test_images, levels)
     shape = all_images.shape
     layers: list[Transform] = (
-        [LogitPreprocessing(shape, 0.05)] if image_preprocessing == "logit" else []
+        [from_spec({"type": "logit", "shape": list(shape), "alpha": 0.05})]
+        if image_preprocessing == "logit" else []
     )
     return DataBundle(key, "image", shape, all_images.subset(train_i),
                       all_images.subset(val_i), test, layers, levels, spec)

@@ -97,6 +97,9 @@ class DequantizedImages(Dataset):
         labels: optional ``(N,)`` class labels (kept for examples; not returned).
     """
 
+    batch_indexing = True
+    """``dataset[index_tensor]`` returns a whole batch (read by the training loop)."""
+
     def __init__(self, images: Tensor | np.ndarray, levels: int,
                  labels: Tensor | np.ndarray | None = None) -> None:
         images = torch.as_tensor(np.asarray(images))

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from pushforward import _validation as _v
 from pushforward.core import Flow, Transform
+from pushforward.evaluation import eval_mode
 
 __all__ = ["invertibility_report", "InvertibilityReport", "singular_value_extremes"]
 
@@ -224,7 +225,7 @@ def _round_trip(
             xb = x[start : start + batch_size]
             cb = None if context is None else context[start : start + batch_size]
             if flow is not None:
-                cb = flow._context(cb, xb.shape[0])
+                cb = flow.embed_context(cb, xb.shape[0])
             z, _ = transform.inverse(xb, cb)
             x2, _ = transform(z, cb)
             zs.append(z)
@@ -320,14 +321,10 @@ def invertibility_report(
         _v.check_tensor(x, transform.event_shape, "invertibility_report", "x")
         transform._check_x(x.to(device=device, dtype=dtype))
 
-    was_training = flow.training
-    flow.eval()
-    try:
+    with eval_mode(flow):
         x_lo = x.detach().to(device=device, dtype=dtype)
         ctx_lo = None if context is None else context.detach().to(device=device, dtype=dtype)
         z_lo, x2_lo = _round_trip(flow, x_lo, ctx_lo, int(batch_size))
-    finally:
-        flow.train(was_training)
     flow64 = copy.deepcopy(flow).double().eval()
     x64 = x.detach().to(device=device, dtype=torch.float64)
     ctx64 = None if context is None else context.detach().to(device=device, dtype=torch.float64)
@@ -358,7 +355,7 @@ def invertibility_report(
         sub_x = x64[index].to(conditioning_dtype)
         sub_ctx = None if ctx64 is None else ctx64[index].to(conditioning_dtype)
         if f_c is not None and sub_ctx is not None:
-            sub_ctx = f_c._context(sub_ctx, k).detach()
+            sub_ctx = f_c.embed_context(sub_ctx, k).detach()
         sigma_max, sigma_min = singular_value_extremes(
             t_c, sub_x, sub_ctx, n_iter=n_iter, tol=tol, seed=int(seed)
         )

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from pushforward import _validation as _v
 from pushforward.core import Flow
+from pushforward.evaluation import eval_mode, negative_log_likelihood
 
 __all__ = [
     "typicality_test",
@@ -40,42 +41,6 @@ def _check_flow(flow: object, owner: str) -> Flow:
     if not isinstance(flow, Flow):
         raise TypeError(f"{owner}: expected a pushforward Flow, got {type(flow).__name__}")
     return flow
-
-
-def negative_log_likelihood(
-    flow: Flow, x: Tensor, context: Tensor | None = None, batch_size: int = 1024
-) -> Tensor:
-    """``−log p(x)`` per sample, in chunks of ``batch_size``, without gradients, in eval mode.
-
-    Args:
-        flow: the model.
-        x: data ``(N, *event)``.
-        context: ``(N, context_features)`` for a conditional flow.
-        batch_size: points per chunk.
-
-    Returns:
-        ``(N,)`` in the flow's dtype (on its device).
-    """
-    flow = _check_flow(flow, "negative_log_likelihood")
-    if not isinstance(x, Tensor):
-        raise TypeError(f"negative_log_likelihood: x must be a torch.Tensor, got {type(x)}")
-    if int(batch_size) < 1:
-        raise ValueError(f"negative_log_likelihood: batch_size must be >= 1, got {batch_size}")
-    dtype, device = _v.dtype_of(flow), _v.device_of(flow)
-    x = x.detach().to(device=device, dtype=dtype)
-    if context is not None:
-        context = context.detach().to(device=device, dtype=dtype)
-    was_training = flow.training
-    flow.eval()
-    try:
-        out = []
-        with torch.no_grad():
-            for start in range(0, x.shape[0], int(batch_size)):
-                cb = None if context is None else context[start : start + int(batch_size)]
-                out.append(-flow.log_prob(x[start : start + int(batch_size)], cb))
-    finally:
-        flow.train(was_training)
-    return torch.cat(out) if out else x.new_zeros(0)
 
 
 # -- typicality test --------------------------------------------------------------------------
@@ -388,16 +353,13 @@ def anomaly_scores(
             raise ValueError(f"anomaly_scores: n_samples must be >= 2, got {n_samples}")
         state = torch.random.get_rng_state()
         torch.manual_seed(int(seed))
-        was_training = flow.training
-        flow.eval()
         try:
             parts = []
-            with torch.no_grad(), _v.validation(False):
+            with eval_mode(flow), torch.no_grad(), _v.validation(False):
                 for start in range(0, int(n_samples), int(batch_size)):
                     k = min(int(batch_size), int(n_samples) - start)
                     parts.append(-flow.sample_and_log_prob(k)[1])
         finally:
-            flow.train(was_training)
             torch.random.set_rng_state(state)
         ref = torch.cat(parts)
         source = "model samples"

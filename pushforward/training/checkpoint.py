@@ -30,8 +30,9 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 from torch import Tensor
 
+from pushforward import _validation as _v
 from pushforward._registry import build, config_of
-from pushforward.core import Flow
+from pushforward.core import Flow, from_spec
 
 __all__ = [
     "save",
@@ -158,17 +159,10 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
 
 
 # -- the model ---------------------------------------------------------------------------------
-def _dtype_name(flow: Flow) -> str:
-    for tensor in (*flow.parameters(), *flow.buffers()):
-        if tensor.is_floating_point():
-            return str(tensor.dtype).replace("torch.", "")
-    return "float32"
-
-
 def _model_config(flow: Flow, extra: dict[str, Any] | None) -> dict[str, Any]:
     record = config_of(flow)
     config = {"format": FORMAT, "version": VERSION, **(extra or {}), **record,
-              "dtype": _dtype_name(flow)}
+              "dtype": str(_v.dtype_of(flow)).replace("torch.", "")}
     try:
         json.dumps(config, allow_nan=False)
     except (TypeError, ValueError) as error:
@@ -176,7 +170,12 @@ def _model_config(flow: Flow, extra: dict[str, Any] | None) -> dict[str, Any]:
     return config
 
 
-def _state(flow: Flow) -> dict[str, Tensor]:
+def state_tensors(flow: Flow) -> dict[str, Tensor]:
+    """The flow's state dict as tensors, refusing NaN/inf weights (never save a diverged model).
+
+    Raises:
+        ValueError: a floating tensor holds NaN or infinite values.
+    """
     state = {k: v for k, v in flow.state_dict().items() if isinstance(v, Tensor)}
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -194,7 +193,7 @@ def save(flow: Flow, path: str | os.PathLike, extra: dict[str, Any] | None = Non
 
     Args:
         flow: a flow built by a registered preset (``flow.config`` records how to rebuild it),
-            possibly wrapped with pre-processing layers (``pf.data.preprocess.wrap``).
+            possibly wrapped with pre-processing layers (``flow.prepend``).
         path: the output folder.
         extra: extra JSON keys for ``config.json``.
 
@@ -207,7 +206,7 @@ def save(flow: Flow, path: str | os.PathLike, extra: dict[str, Any] | None = Non
     """
     folder = Path(path)
     config = _model_config(flow, extra)
-    write_tensors(folder / MODEL_FILE, _state(flow), config)
+    write_tensors(folder / MODEL_FILE, state_tensors(flow), config)
     atomic_write(folder / CONFIG_FILE, (json.dumps(config, indent=2, sort_keys=True,
                                                    allow_nan=False) + "\n").encode())
     return folder
@@ -245,14 +244,16 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def rebuild(config: dict[str, Any]) -> Flow:
     """Build the (untrained) flow a config describes, pre-processing layers included."""
-    from pushforward.data.preprocess import unwrap_spec, wrap
 
     try:
         flow = build(config["flow"], **config["options"])
     except Exception as error:  # a preset may raise anything on bad options
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"config cannot rebuild flow {config['flow']!r}: {reason}") from None
-    flow = wrap(flow, unwrap_spec(config))
+    records = config.get("preprocess", [])
+    if not isinstance(records, list):
+        raise ValueError("config 'preprocess' must be a list")
+    flow = flow.prepend([from_spec(record) for record in records])
     return flow.to(_DTYPES[config.get("dtype", "float32")])
 
 

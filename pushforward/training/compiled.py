@@ -11,6 +11,7 @@ exactly what the eager ones do (same operations, fused), so they agree to float 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from pushforward import _validation as _v
 from pushforward.core import Flow
+from pushforward.training.stepper import Stepper
 
 __all__ = ["compile_log_prob", "compile_train_step", "compiler_available"]
 
@@ -111,21 +113,15 @@ def compile_train_step(
     compiled = torch.compile(loss_fn, **options)
     params = [p for p in flow.parameters() if p.requires_grad]
 
+    stepper = Stepper(params, optimizer, clip_grad=clip_grad)
+
     def step(x: Tensor, context: Tensor | None = None) -> float:
         _checked(flow, x, context)
-        optimizer.zero_grad(set_to_none=True)
         with _v.validation(False):
             loss = compiled(x, context)
-        loss.backward()
-        grads = [p.grad for p in params if p.grad is not None]
-        norms = [torch.linalg.vector_norm(g) for g in grads]
-        norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else loss.new_zeros(())
-        if not (torch.isfinite(loss) and torch.isfinite(norm)):
-            optimizer.zero_grad(set_to_none=True)
-            return float("nan")
-        if clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip_grad)
-        optimizer.step()
-        return float(loss.detach())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a skipped step returns NaN
+            taken = stepper.step(loss, 0)
+        return float(loss.detach()) if taken else float("nan")
 
     return step

@@ -71,7 +71,7 @@ class VariationalDequantization(nn.Module):
         flow: Flow | None = None,
     ) -> None:
         super().__init__()
-        from pushforward import flows
+        from pushforward.presets.coupling import RealNVP
         from pushforward.transforms.box import bounded
 
         self.shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
@@ -81,7 +81,7 @@ class VariationalDequantization(nn.Module):
         dims = math.prod(self.shape)
         if flow is None:
             # starts as uniform dequantisation (every coupling the identity)
-            flow = flows.RealNVP(dims, context=dims, transforms=transforms, hidden=list(hidden),
+            flow = RealNVP(dims, context=dims, transforms=transforms, hidden=list(hidden),
                                  identity_init=True)
         if flow.context_features != dims or tuple(flow.event_shape) != (dims,):
             raise ValueError(f"VariationalDequantization: the flow must act on {dims} features "

@@ -56,6 +56,10 @@ class Objective:
     def check(self, flow: nn.Module) -> None:
         """Raise ``ValueError`` if ``flow`` cannot be trained with this objective."""
 
+    def parameters(self) -> list[nn.Parameter]:
+        """Parameters the objective itself trains beside the flow's (e.g. a dequantiser's)."""
+        return []
+
     def loss(
         self, flow: nn.Module, model: nn.Module, x: Tensor, context: Tensor | None
     ) -> tuple[Tensor, Tensor]:
@@ -259,7 +263,7 @@ class FlowMatching(Objective):
         transform = _velocity_transform(flow)
         path = self.path if self.path is not None else transform.path
         batch = x.shape[0]
-        ctx = flow._context(context, batch)
+        ctx = flow.embed_context(context, batch)
         with torch.no_grad():
             if getattr(flow.base, "context_features", 0):
                 z = flow.base.sample(batch, ctx)

@@ -22,6 +22,7 @@ from pushforward.transforms.linear import (
 from pushforward.transforms.naf import DeepSigmoidalMap, NeuralAutoregressive
 from pushforward.transforms.normalization import ActNorm, BatchNorm
 from pushforward.transforms.planar import Planar, Radial
+from pushforward.transforms.preprocessing import LogitPreprocessing, Reshape, Standardization
 from pushforward.transforms.residual import ResidualBlock
 from pushforward.transforms.splines import RationalQuadraticMap, rational_quadratic_spline
 from pushforward.transforms.sylvester import Sylvester
@@ -60,4 +61,7 @@ __all__ = [
     "BatchNorm",
     "bounded",
     "box_bounds",
+    "Standardization",
+    "LogitPreprocessing",
+    "Reshape",
 ]

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from pushforward import _validation as _v
 from pushforward.core import Chain, Flow, Transform
 from pushforward.transforms.elementwise import Sigmoid
 
@@ -91,13 +92,4 @@ def bounded(model: Flow | Transform, low: Bound, high: Bound) -> Flow | Transfor
     box = Sigmoid(low_t, high_t, shape)
     if isinstance(model, Transform):
         return Chain([model, box])
-    from pushforward.data.preprocess import wrap
-
-    return wrap(model, [box]).to(_dtype_of(model))
-
-
-def _dtype_of(flow: Flow) -> torch.dtype:
-    for p in flow.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.get_default_dtype()
+    return model.prepend([box]).to(_v.dtype_of(model))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pushforward import _validation as _v
-from pushforward.core import Inverse, Transform
+from pushforward.core import Inverse, Transform, serializable
 
 __all__ = ["Affine", "Sigmoid", "Logit"]
 
@@ -29,6 +30,7 @@ class Affine(Transform):
         shape: number of features or the event shape (inferred from ``scale``/``shift`` if None).
         scale: initial ``a`` (broadcast to ``shape``; default 1). Zero entries are refused.
         shift: initial ``b`` (broadcast to ``shape``; default 0).
+        trainable: learn ``a`` and ``b`` (False: fixed buffers, e.g. a standardisation).
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class Affine(Transform):
         shape: int | Sequence[int] | None = None,
         scale: Tensor | float | None = None,
         shift: Tensor | float | None = None,
+        trainable: bool = True,
     ) -> None:
         if shape is None:
             given = next((torch.as_tensor(v) for v in (scale, shift) if v is not None), None)
@@ -54,9 +57,13 @@ class Affine(Transform):
             raise ValueError("Affine: scale must be finite and non-zero everywhere")
         if not torch.isfinite(b).all():
             raise ValueError("Affine: shift must be finite")
-        self.log_abs_scale = nn.Parameter(a.abs().log())
+        if trainable:
+            self.log_abs_scale = nn.Parameter(a.abs().log())
+            self.shift = nn.Parameter(b)
+        else:
+            self.register_buffer("log_abs_scale", a.abs().log())
+            self.register_buffer("shift", b)
         self.register_buffer("sign", torch.sign(a))
-        self.shift = nn.Parameter(b)
 
     @property
     def scale(self) -> Tensor:
@@ -73,6 +80,7 @@ class Affine(Transform):
         return (x - self.shift) / self.scale, -self._ladj(x.shape[0])
 
 
+@serializable("sigmoid")
 class Sigmoid(Transform):
     """Squash to a box: ``x = l + (h − l) σ(z)``, elementwise.
 
@@ -105,6 +113,12 @@ class Sigmoid(Transform):
         """A JSON record that rebuilds this layer (used by checkpoints of bounded flows)."""
         return {"type": "sigmoid", "low": self.low.tolist(), "high": self.high.tolist(),
                 "shape": list(self.event_shape or ())}
+
+    @classmethod
+    def from_spec(cls, record: dict[str, Any]) -> Sigmoid:
+        """Rebuild from ``spec()``."""
+        return cls(torch.tensor(record["low"]), torch.tensor(record["high"]),
+                   tuple(record["shape"]) or None)
 
     def _log_width(self, like: Tensor) -> Tensor:
         return torch.log(self.high - self.low).expand_as(like)

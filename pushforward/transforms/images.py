@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pushforward import _validation as _v
-from pushforward.core import Transform
+from pushforward.core import Transform, serializable
+from pushforward.specs import spec_name
 
 __all__ = ["Squeeze", "Flatten", "MultiScale"]
 
@@ -66,26 +67,41 @@ class Squeeze(Transform):
         return F.pixel_unshuffle(x, self.factor), x.new_zeros(x.shape[0])
 
 
+@serializable("flatten")
 class Flatten(Transform):
-    """Data ``shape`` (e.g. ``(C, H, W)``) ↔ latent vector ``(C·H·W,)``; ``ladj = 0``.
+    """Data ``shape`` (e.g. ``(C, H, W)``) ↔ latent ``latent`` (default the vector ``(C·H·W,)``).
 
-    Forward reshapes the vector to the event shape; inverse flattens it. Lets a vector flow
-    (NICE, planar, ...) model images.
+    Forward reshapes the latent to the event shape; inverse reshapes back; ``ladj = 0``. Lets a
+    vector flow (NICE, planar, ...) model images.
 
     Args:
         shape: the data-side event shape.
+        latent: the base-side event shape (same number of elements; default flat).
+
+    Raises:
+        ValueError: ``shape`` and ``latent`` differ in size.
     """
 
-    def __init__(self, shape: int | Sequence[int]) -> None:
+    def __init__(self, shape: int | Sequence[int], latent: int | Sequence[int] | None = None
+                 ) -> None:
         shape = _v.as_shape(shape)
-        super().__init__(shape, (math.prod(shape),))
+        latent = (math.prod(shape),) if latent is None else _v.as_shape(latent)
+        if math.prod(shape) != math.prod(latent):
+            raise ValueError(f"{type(self).__name__}: {latent} and {shape} differ in size")
+        super().__init__(shape, latent)
+
+    def spec(self) -> dict[str, object]:
+        """The JSON record that rebuilds this layer."""
+        return {"type": spec_name(type(self)), "shape": list(self.event_shape or ()),
+                "latent": list(self.latent_shape or ())}
 
     def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         assert self.event_shape is not None
         return z.reshape(z.shape[0], *self.event_shape), z.new_zeros(z.shape[0])
 
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return x.reshape(x.shape[0], -1), x.new_zeros(x.shape[0])
+        assert self.latent_shape is not None
+        return x.reshape(x.shape[0], *self.latent_shape), x.new_zeros(x.shape[0])
 
 
 class MultiScale(Transform):
