@@ -19,6 +19,4 @@ def _waveglow(context: int, **options: int) -> WaveGlow:
 
 CASES = [
     Case("WaveGlow", _waveglow, (32,), contexts=(12,), perturb=0.2, batch=3),
-    Case("WaveGlow-no-early-outputs", lambda c: _waveglow(c, early_every=0), (32,),
-         contexts=(12,), perturb=0.2, batch=2),
 ]

@@ -306,3 +306,30 @@ def test_vocoder_learns_synthetic_tones():
         loss.backward()
         optimizer.step()
     assert float(-flow.log_prob(audio, mel).mean()) < before - 50
+
+
+@pytest.mark.slow
+def test_example_runs_end_to_end_on_synthetic_wavs(tmp_path):
+    """``examples/vocoder.py`` on synthetic tones: every output file, finite metrics."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    data = tmp_path / "wavs"
+    for i in range(20):
+        write_wav(data / f"tone{i:02d}.wav", _sine(150.0 + 40 * i, 1600, 0.3).float(), RATE)
+    path = Path(__file__).resolve().parents[1] / "examples" / "vocoder.py"
+    spec = importlib.util.spec_from_file_location("example_vocoder", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "out"
+    assert module.main(["--data", str(data), "--out", str(out), "--quick", "--minutes", "0.05",
+                        "--vocode-files", "2"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("test_bits_per_sample", "lsd_flow", "lsd_griffin_lim", "mcd_flow",
+                "mcd_griffin_lim"):
+        assert math.isfinite(metrics[key]), key
+    assert (out / "spectrograms.png").stat().st_size > 1000
+    wavs = sorted(p.name for p in (out / "wav").iterdir())
+    assert len(wavs) == 6 and all(read_wav(out / "wav" / w).sample_rate == RATE for w in wavs)
+    assert pf.load(out / "model").context_features == 40 * 17
