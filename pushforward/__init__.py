@@ -12,6 +12,7 @@ from pushforward import (
     flows,
     integrations,
     manifolds,
+    molecules,
     nn,
     transforms,
     video,
@@ -65,4 +66,5 @@ __all__ = [
     "integrations",
     "ContextStandardization",
     "video",
+    "molecules",
 ]
