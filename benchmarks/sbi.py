@@ -175,6 +175,7 @@ def table(results: dict[str, dict[str, list[dict[str, float]]]], command: str) -
         "",
         "C2ST against the reference posterior at x_o (0.5 is best); mean ± sd over seeds.",
         "",
+        "<!-- --8<-- [start:table] -->",
         "| task | estimator | C2ST | train s | epochs | ms / epoch | parameters |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -186,6 +187,7 @@ def table(results: dict[str, dict[str, list[dict[str, float]]]], command: str) -
                 f"{_cell([r['epochs'] for r in runs], 0)} | "
                 f"{_cell([r['ms_per_epoch'] for r in runs], 0)} | "
                 f"{int(runs[0]['parameters']):,} |")
+    lines.append("<!-- --8<-- [end:table] -->")
     return "\n".join(lines) + "\n"
 
 
@@ -201,9 +203,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=2000, help="posterior/reference samples")
     parser.add_argument("--max-epochs", type=int, default=2**31 - 1)
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny budgets")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite STEM.md from the results in STEM.json")
     parser.add_argument("--out", default=str(HERE / "sbi"),
                         help="output stem: STEM.json and STEM.md")
     args = parser.parse_args(argv)
+    if args.render:
+        record = json.loads(Path(args.out).with_suffix(".json").read_text())
+        Path(args.out).with_suffix(".md").write_text(table(record["results"], record["command"]))
+        return
     torch.set_num_threads(1)
     if args.quick:
         args.seeds, args.samples, args.max_epochs = args.seeds[:1], 500, 5
