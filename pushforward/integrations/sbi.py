@@ -117,6 +117,8 @@ class FlowEstimator(ConditionalDensityEstimator):
         self._check_input_shape(input)
         condition = self._batched_condition(condition)
         events, condition_dims = len(self.input_shape), len(self.condition_shape)
+        if input.dim() == events:  # one θ
+            input = input.unsqueeze(0)
         if input.dim() == events + 1:
             input = input.unsqueeze(0)
         if input.dim() != events + 2:
