@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=2000, help="posterior/reference samples")
     parser.add_argument("--max-epochs", type=int, default=2**31 - 1)
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny budgets")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the results already in STEM.json and run only the missing "
+                             "(task, estimator) pairs")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite STEM.md from the results in STEM.json")
     parser.add_argument("--out", default=str(HERE / "sbi"),
@@ -217,11 +220,18 @@ def main(argv: list[str] | None = None) -> None:
         args.seeds, args.samples, args.max_epochs = args.seeds[:1], 500, 5
     command = "python benchmarks/sbi.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    stored = Path(args.out).with_suffix(".json")
+    if args.resume and stored.is_file():
+        previous = json.loads(stored.read_text())
+        results = previous["results"]
+        command = previous["command"] + " ; " + command.strip()
     for task_name in args.tasks:
         task = TASKS[task_name]()
         simulations = args.simulations or (2000 if task_name == "gaussian_linear" else 3000)
-        results[task_name] = {}
+        results.setdefault(task_name, {})
         for name in args.estimators:
+            if name in results[task_name]:
+                continue  # --resume: done already
             runs = []
             for seed in args.seeds:  # the same simulations for every estimator
                 record = run(task, name, simulations, seed, args.samples, args.max_epochs)
