@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["fast_path", "fast_path_enabled", "FlatSlots", "flatten_linears", "relu_stack"]
+__all__ = ["fast_path", "fast_path_enabled", "refresh", "FlatSlots", "flatten_linears", "relu_stack"]
 
 _ENABLED = True
 
@@ -67,6 +67,30 @@ def fast_path_enabled() -> bool:
     """Whether the fused path may run now (switch on, no compile tracing, no ``torch.func``)."""
     return (_ENABLED and not torch._C._are_functorch_transforms_active()
             and not torch.compiler.is_compiling())
+
+
+def refresh(module: nn.Module) -> None:
+    """Forget the cached masked weights of every fused conditioner inside ``module``.
+
+    Needed only after editing ``flat.data`` (or a layer's ``weight.data``) in place, which
+    autograd's version counter does not see; optimiser steps, ``load_state_dict`` and in-place
+    edits under ``torch.no_grad()`` are picked up on their own.
+
+    Args:
+        module: a flow, transform or conditioner.
+
+    Example:
+        >>> import torch, pushforward as pf
+        >>> flow = pf.flows.build("maf", features=2, transforms=1, hidden=(8,))
+        >>> made = flow.transform.transforms[0].made
+        >>> made.flat.data.mul_(0.5)  # behind autograd's back
+        tensor(...)
+        >>> pf.fused.refresh(flow)
+    """
+    for sub in module.modules():
+        plan = sub.__dict__.get("_plan")
+        if isinstance(plan, _Plan):
+            plan.refresh()
 
 
 # -- flat parameters ----------------------------------------------------------------------------

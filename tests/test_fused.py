@@ -209,3 +209,16 @@ def test_state_dict_round_trip_and_bad_shapes() -> None:
     state["layers.0.weight"] = torch.zeros(3, 3)
     with pytest.raises(RuntimeError):
         other.load_state_dict(state)
+
+
+def test_refresh_after_editing_data_behind_autograd() -> None:
+    torch.manual_seed(0)
+    flow = pf.flows.build("maf", features=3, transforms=1, hidden=[8])
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        flow.log_prob(x)  # fills the cache
+        flow.transform.transforms[0].made.flat.data.mul_(0.5)  # the version does not move
+        fused.refresh(flow)
+        with fast_path(False):
+            reference = flow.log_prob(x)
+        torch.testing.assert_close(flow.log_prob(x), reference)
