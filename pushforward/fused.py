@@ -34,7 +34,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["fast_path", "fast_path_enabled", "refresh", "FlatSlots", "flatten_linears", "relu_stack"]
+__all__ = [
+    "fast_path", "fast_path_enabled", "refresh", "FlatSlots", "flatten_linears", "relu_stack",
+]
 
 _ENABLED = True
 
