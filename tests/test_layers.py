@@ -48,6 +48,10 @@ LAYERS: dict[str, int] = {
     "pushforward.integrations": 3,
     # 4 — the command line
     "pushforward.cli": 4,
+    "pushforward.cli_base": 4,
+    "pushforward.cli_runs": 4,
+    "pushforward.cli_train": 4,
+    "pushforward.cli_tools": 4,
     "pushforward.cli_config": 4,
     "pushforward.__main__": 4,
 }

@@ -106,7 +106,7 @@ def _default_run(dataset: str, seed: int, steps: int):
 
     bundle = pf.load_dataset(dataset, seed=seed)
     torch.manual_seed(seed)
-    flow = cli._build_flow(cli.DEFAULT_FLOW, bundle, {})
+    flow = cli.build_flow(cli.DEFAULT_FLOW, bundle, {})
     history = pf.fit(flow, bundle.train, bundle.val, steps=steps, batch_size=cli.DEFAULT_BATCH,
                      lr=cli.DEFAULT_LR, clip_grad=5.0, seed=seed, progress=False)
     return flow, bundle, history
