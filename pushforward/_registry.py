@@ -48,8 +48,10 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_common(name: str, arguments: dict[str, Any]) -> None:
-    """Check the options every preset shares, once for all presets, so a bad value is refused
-    with a message naming it (not a ``TypeError`` from deep inside a layer).
+    """Check the options every preset shares, once for all presets.
+
+    A bad value is refused with a message naming it (not a ``TypeError`` from deep inside a
+    layer).
 
     Raises:
         TypeError: ``features``, ``context`` or ``transforms`` is not an integer; ``hidden`` is

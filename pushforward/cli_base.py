@@ -32,7 +32,8 @@ class CommandError(Exception):
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (a ``CommandError``, exit code 2)."""
 
-    def error(self, message: str) -> None:  # one line instead of usage + message
+    def error(self, message: str) -> None:
+        """Raise a one-line ``CommandError`` (exit code 2) instead of printing the usage."""
         raise CommandError(f"{self.prog}: {message} (see --help)", 2)
 
 
@@ -49,6 +50,7 @@ def command(name: str, help: str) -> Callable[[Callable[[argparse.ArgumentParser
 
 
 def say(*parts: object, err: bool = False) -> None:
+    """Print on the main process only (stderr with ``err=True``)."""
     from pushforward.training import distributed as ddp
 
     if ddp.is_main():
@@ -56,6 +58,11 @@ def say(*parts: object, err: bool = False) -> None:
 
 
 def positive_int(text: str) -> int:
+    """An argparse type: a positive integer.
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer, or not positive.
+    """
     try:
         value = int(text)
     except ValueError:
@@ -66,6 +73,11 @@ def positive_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
+    """An argparse type: a positive finite number.
+
+    Raises:
+        argparse.ArgumentTypeError: not a number, or not positive and finite.
+    """
     try:
         value = float(text)
     except ValueError:
@@ -76,6 +88,11 @@ def positive_float(text: str) -> float:
 
 
 def option(text: str) -> tuple[str, Any]:
+    """An argparse type: ``KEY=VALUE`` with the value read as JSON when it parses.
+
+    Raises:
+        argparse.ArgumentTypeError: no ``=`` or a key that is not an identifier.
+    """
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")

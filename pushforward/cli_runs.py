@@ -25,6 +25,7 @@ METRICS_FILE = "metrics.json"
 
 
 def set_threads(threads: int | None, image: bool) -> None:
+    """Set torch's CPU threads: ``threads``, else 1 for vectors or DDP and up to 4 for images."""
     from pushforward.training import distributed as ddp
 
     if threads is None:
@@ -34,6 +35,14 @@ def set_threads(threads: int | None, image: bool) -> None:
 
 
 def build_flow(name: str, bundle: Any, options: dict[str, Any]) -> Any:
+    """The preset ``name`` for the dataset ``bundle``, with its pre-processing prepended.
+
+    What the preset accepts is read from its registration (``pf.flows.accepts``): images go to
+    an image preset as ``shape=``, or flattened (a ``Reshape`` layer) to a vector one.
+
+    Raises:
+        CommandError: an unknown flow, or a flow and data of different kinds (sphere / not).
+    """
     import pushforward.flows as flows
     from pushforward.transforms import Reshape
 
@@ -58,6 +67,11 @@ def build_flow(name: str, bundle: Any, options: dict[str, Any]) -> Any:
 
 
 def choose_device(name: str) -> torch.device:
+    """The device for ``--device`` (``auto``: CUDA when available; DDP's own device).
+
+    Raises:
+        CommandError: an unknown device name.
+    """
     from pushforward.training import distributed as ddp
 
     if ddp.is_active():
@@ -94,12 +108,14 @@ def baseline_nll(bundle: Any, data: Any) -> float | None:
 
 
 def samples_in_data_units(flow: Any, n: int, seed: int) -> torch.Tensor:
+    """``n`` samples drawn with ``seed`` (the global generator untouched), on the CPU."""
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         return flow.sample(n).cpu()
 
 
 def data_points(bundle: Any, split: Any, n: int) -> torch.Tensor:
+    """The first ``n`` points of a split (dequantisation noise seeded), on the CPU."""
     if isinstance(split, torch.Tensor):
         return split[:n].cpu()
     with torch.random.fork_rng(devices=[]):
@@ -108,6 +124,7 @@ def data_points(bundle: Any, split: Any, n: int) -> torch.Tensor:
 
 
 def make_plots(flow: Any, bundle: Any, history: Any, out: Path, seed: int) -> list[Path]:
+    """Write ``loss.png``, ``samples.png`` and (2-D data, sphere) ``density.png`` into ``out``."""
     from pushforward import plotting
 
     paths = []
@@ -136,6 +153,11 @@ def make_plots(flow: Any, bundle: Any, history: Any, out: Path, seed: int) -> li
 
 
 def bundle_from_config(config: dict[str, Any], dataset: str | None = None) -> Any:
+    """The dataset a checkpoint was trained on (or ``dataset``, with the same seed and split).
+
+    Raises:
+        CommandError: no dataset is recorded and none is given, or the record is malformed.
+    """
     from pushforward.data import load_dataset
 
     spec = dict(config.get("data") or {})
@@ -153,12 +175,14 @@ def bundle_from_config(config: dict[str, Any], dataset: str | None = None) -> An
 
 
 def load_run(path: str) -> tuple[Any, dict[str, Any]]:
+    """The trained flow and the config of a run folder (``pf.training.load_checkpoint``)."""
     from pushforward.training.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
 
 
 def read_history(folder: Path) -> Any:
+    """The run's ``History`` from ``history.json``, or None if absent or unreadable."""
     from pushforward.training import History
 
     file = folder / HISTORY_FILE
@@ -171,6 +195,7 @@ def read_history(folder: Path) -> Any:
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` as indented JSON, atomically."""
     from pushforward.training.checkpoint import atomic_write
 
     atomic_write(path, (json.dumps(record, indent=2, allow_nan=True) + "\n").encode())

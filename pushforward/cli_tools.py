@@ -142,11 +142,16 @@ def _run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coding_arguments(p: argparse.ArgumentParser, model: str, source: str, target: str) -> None:
+    """The three paths compress and decompress share: ``--checkpoint``, ``--input``, ``--out``."""
+    for flag, text in (("--checkpoint", model), ("--input", source), ("--out", target)):
+        p.add_argument(flag, required=True, help=text)
+
+
 @command("compress", help="losslessly compress images with a trained integer flow (idf)")
 def _compress_parser(p: argparse.ArgumentParser) -> Runner:
-    p.add_argument("--checkpoint", required=True, help="a saved idf model folder")
-    p.add_argument("--input", required=True, help="a folder of PNG images or an IDX file")
-    p.add_argument("--out", required=True, help="the compressed file to write")
+    _coding_arguments(p, "a saved idf model folder", "a folder of PNG images or an IDX file",
+                      "the compressed file to write")
     p.add_argument("--batch-size", type=positive_int, default=256)
     return _run_compress
 
@@ -184,9 +189,8 @@ def _run_compress(args: argparse.Namespace) -> int:
 
 @command("decompress", help="decompress a file written by compress, bit for bit")
 def _decompress_parser(p: argparse.ArgumentParser) -> Runner:
-    p.add_argument("--checkpoint", required=True, help="the model folder used by compress")
-    p.add_argument("--input", required=True, help="a file written by compress")
-    p.add_argument("--out", required=True, help="folder for the PNG images")
+    _coding_arguments(p, "the model folder used by compress", "a file written by compress",
+                      "folder for the PNG images")
     return _run_decompress
 
 

@@ -186,8 +186,11 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def idx_search_dirs(name: str) -> list[Path]:
-    """Folders searched for the IDX dataset ``name``: ``$PUSHFORWARD_DATA/name`` then
-    ``/usr/share/datasets/name`` (where the Debian packages put them)."""
+    """Folders searched for the IDX dataset ``name``.
+
+    ``$PUSHFORWARD_DATA/name`` then ``/usr/share/datasets/name`` (where the Debian packages put
+    them).
+    """
     dirs = []
     if os.environ.get("PUSHFORWARD_DATA"):
         dirs.append(Path(os.environ["PUSHFORWARD_DATA"]) / name)

@@ -83,8 +83,10 @@ class FactorOutPrior(BaseDistribution):
         return self.__dict__["_multiscale"]
 
     def split_params(self, level: int, kept: Tensor) -> Params:
-        """Mixture parameters of ``o_level`` given ``a_{level+1}`` (``kept``), each
-        ``(batch, c_out, h, w, K)``."""
+        """Mixture parameters of ``o_level`` given ``a_{level+1}`` (``kept``).
+
+        Each is ``(batch, c_out, h, w, K)``.
+        """
         out = self.nets[level]((kept * self.input_scale).contiguous())
         b, _, h, w = out.shape
         out = out.reshape(b, 3, self.components, -1, h, w).movedim(2, -1)
@@ -134,8 +136,10 @@ class FactorOutPrior(BaseDistribution):
 
     @torch.no_grad()
     def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """Ancestral draws ``(n, D)``: the top part, then each factored-out part given the
-        kept channels rebuilt so far."""
+        """Ancestral draws ``(n, D)``.
+
+        The top part, then each factored-out part given the kept channels rebuilt so far.
+        """
         n = _v.check_count(n, "FactorOutPrior.sample")
         temperature = float(temperature)
         if not temperature > 0 or not math.isfinite(temperature):
@@ -195,8 +199,10 @@ class IntegerFlow(Flow):
         return x.to(dtype)
 
     def latent_parts(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """One normalizing pass through a ``MultiScale``: the latent parts
-        ``[o_0, …, o_{L−2}, z_top]`` and the kept channels ``[a_1, …, a_{L−1}]``."""
+        """One normalizing pass through a ``MultiScale``.
+
+        The latent parts ``[o_0, …, o_{L−2}, z_top]`` and the kept channels ``[a_1, …, a_{L−1}]``.
+        """
         ms = self.transform
         if not isinstance(ms, MultiScale):
             raise ValueError("IntegerFlow.latent_parts needs a MultiScale transform")

@@ -244,7 +244,6 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def rebuild(config: dict[str, Any]) -> Flow:
     """Build the (untrained) flow a config describes, pre-processing layers included."""
-
     try:
         flow = build(config["flow"], **config["options"])
     except Exception as error:  # a preset may raise anything on bad options

@@ -149,12 +149,15 @@ def fit(
             (multiply by ``plateau_factor`` after ``plateau_patience`` stalled validations) or
             None (constant).
         warmup: linear warm-up steps.
+        min_lr_ratio: the cosine schedule's final learning rate, as a fraction of ``lr``.
         weight_decay: Adam's L2 penalty.
         clip_grad: maximum global gradient norm (None: no clipping).
         val_every: validate every this many steps (default: once per epoch) and at the end.
         val_batch_size: batch size of the validation pass.
         patience: stop after this many validations without improvement (None: never).
         restore_best: with ``val``, end with the weights of the best validation.
+        plateau_patience: stalled validations before the plateau schedule decays.
+        plateau_factor: the plateau schedule's decay factor.
         seed: seeds torch, numpy, ``random`` and the data order.
         checkpoint_dir: folder for ``training_state.safetensors``, ``model.safetensors`` and
             ``config.json`` (the last two need a preset-built flow).

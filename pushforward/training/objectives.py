@@ -89,9 +89,10 @@ class MaximumLikelihood(Objective):
 
 
 def ot_pairing(cost: Tensor) -> Tensor:
-    """The permutation ``σ`` minimising ``Σ_i cost[σ(i), i]``: base point ``σ(i)`` goes with data
-    point ``i`` (an exact assignment: SciPy's Jonker–Volgenant, or POT's network simplex when
-    POT is installed).
+    """The permutation ``σ`` minimising ``Σ_i cost[σ(i), i]``.
+
+    Base point ``σ(i)`` goes with data point ``i`` (an exact assignment: SciPy's Jonker–Volgenant,
+    or POT's network simplex when POT is installed).
 
     Args:
         cost: ``(B, B)`` costs ``c(z_i, x_j)``, rows base points, columns data points.
@@ -118,8 +119,11 @@ def ot_pairing(cost: Tensor) -> Tensor:
 
 
 def _assignment(matrix: Any) -> tuple[Any, Any]:
-    """An optimal assignment: POT's network simplex when POT is installed (faster on CPU; its
-    vertex solution of the uniform problem is a permutation), else SciPy's Jonker–Volgenant."""
+    """An optimal assignment.
+
+    POT's network simplex when POT is installed (faster on CPU; its vertex solution of the uniform
+    problem is a permutation), else SciPy's Jonker–Volgenant.
+    """
     n = matrix.shape[0]
     try:
         import numpy as np
