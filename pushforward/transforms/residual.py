@@ -9,7 +9,7 @@ its inverse, ``x = z − g(x)``, solved by fixed-point iteration (a contraction,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -224,26 +224,12 @@ class ResidualBlock(Transform):
 
     # -- log-determinants ---------------------------------------------------------------------
     def _jacobian(self, x: Tensor, context: Tensor | None, create_graph: bool) -> Tensor:
-        """``J_g(x)``, ``(batch, d, d)``, from one backward pass over ``d`` copies of the batch."""
-        batch, d = x.shape
-        weights = [layer.normalized_weight() for layer in self.g.layers]
-        if in_torch_func():
-            return self._jacobian_func(weights, x, context, create_graph)
-        with torch.enable_grad():
-            rep = x.unsqueeze(1).expand(batch, d, d).reshape(batch * d, d)
-            if not (create_graph and rep.requires_grad):
-                rep = rep.detach().requires_grad_(True)
-            ctx = None if context is None else context.repeat_interleave(d, dim=0)
-            out = self.g.apply_with(weights, rep, ctx)
-            eye = torch.eye(d, dtype=x.dtype, device=x.device).repeat(batch, 1)
-            (rows,) = torch.autograd.grad(out, rep, eye, create_graph=create_graph)
-        return rows.reshape(batch, d, d)
+        """``J_g(x)``, ``(batch, d, d)``: ``vmap`` of ``jacrev`` over the batch.
 
-    def _jacobian_func(
-        self, weights: list[Tensor], x: Tensor, context: Tensor | None, create_graph: bool
-    ) -> Tensor:
-        """``J_g(x)`` by ``torch.func`` (``vmap`` of ``jacrev``): the path taken inside a user's
-        ``torch.func`` transform, where ``requires_grad_`` is not allowed."""
+        One path, inside a user's ``torch.func`` transform as outside it; without
+        ``create_graph`` the result is a constant for the enclosing computation.
+        """
+        weights = [layer.normalized_weight() for layer in self.g.layers]
 
         def g_one(xi: Tensor, ci: Tensor | None) -> Tensor:
             return self.g.apply_with(weights, xi[None], None if ci is None else ci[None])[0]
@@ -252,7 +238,7 @@ class ResidualBlock(Transform):
                                    in_dims=(0, None if context is None else 0))
         if create_graph:
             return jacobian(x, context)
-        with torch.no_grad():  # a constant for the enclosing transforms, as detach() below
+        with torch.no_grad():
             return jacobian(x, context)
 
     def _log_det(self, x: Tensor, context: Tensor | None) -> Tensor:
@@ -263,41 +249,38 @@ class ResidualBlock(Transform):
             eye = torch.eye(self.features, dtype=x.dtype, device=x.device)
             out = torch.linalg.slogdet(eye + jac)[1]
             return out if create else out.detach()
-        if in_torch_func():
-            return self._series_func(x, context, create)
+        v = torch.randn_like(x)
+        if in_torch_func():  # requires_grad_ is not allowed there: torch.func's own vjp
+            _, vjp = torch.func.vjp(lambda inp: self.g(inp, context), x)
+            return self._series(lambda w: vjp(w)[0], v, create)
         with torch.enable_grad():
             inp = x if (create and x.requires_grad) else x.detach().requires_grad_(True)
             gx = self.g(inp, context)
-            v = torch.randn_like(x)
-            w, total = v, x.new_zeros(x.shape[0])
-            count = self.terms
-            if self.logdet == "roulette":
-                count += int(torch.distributions.Geometric(probs=self.p).sample())
-            for k in range(1, count + 1):
-                (w,) = torch.autograd.grad(gx, inp, w, create_graph=create, retain_graph=True)
-                weight = 1.0
-                if self.logdet == "roulette" and k > self.terms:
-                    weight = (1 - self.p) ** -(k - self.terms)  # 1 / P(N ≥ k − terms)
-                total = total + ((-1) ** (k + 1) / k * weight) * (w * v).sum(-1)
-        return total if create else total.detach()
+            return self._series(
+                lambda w: torch.autograd.grad(gx, inp, w, create_graph=create,
+                                              retain_graph=True)[0], v, create)
 
-    def _series_func(self, x: Tensor, context: Tensor | None, create: bool) -> Tensor:
-        """The (roulette or truncated) series with ``torch.func.vjp`` (inside ``torch.func``)."""
-        gx, vjp = torch.func.vjp(lambda inp: self.g(inp, context), x)
-        v = torch.randn_like(x)
-        w, total = v, x.new_zeros(x.shape[0])
+    def _series(self, vjp: Callable[[Tensor], Tensor], v: Tensor, create: bool) -> Tensor:
+        """``Σ_k (−1)^{k+1}/k · vᵀ J^k v`` by repeated vector-Jacobian products ``w ← Jᵀw``.
+
+        Truncated after ``terms`` terms (``"series"``), or continued by a Russian roulette
+        (``"roulette"``: a geometric number of extra terms, each reweighted by ``1/P(N ≥ k)``,
+        unbiased).
+        """
+        w, total = v, v.new_zeros(v.shape[0])
         count = self.terms
         if self.logdet == "roulette":
-            count += int(torch.distributions.Geometric(probs=self.p).sample())
+            # A host-side count: drawn on the CPU whatever the device (no synchronisation).
+            probs = torch.tensor(self.p, device="cpu")
+            count += int(torch.distributions.Geometric(probs=probs).sample())
         for k in range(1, count + 1):
-            (w,) = vjp(w)
+            w = vjp(w)
             weight = 1.0
             if self.logdet == "roulette" and k > self.terms:
-                weight = (1 - self.p) ** -(k - self.terms)
+                weight = (1 - self.p) ** -(k - self.terms)  # 1 / P(N ≥ k − terms)
             total = total + ((-1) ** (k + 1) / k * weight) * (w * v).sum(-1)
         return total if create else total.detach()
 
-    # -- the map ------------------------------------------------------------------------------
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         return x + self.g(x, context), self._log_det(x, context)
 
