@@ -18,12 +18,18 @@ dropped; formal charges are not represented (charged molecules are refused).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:  # pragma: no cover
+    from rdkit import Chem
+
 ATOM_TYPES: tuple[str, ...] = ("C", "N", "O", "F", "S", "Cl", "Br")
+"""The element symbols of the atom channels, in order (the "no atom" channel follows them)."""
 BOND_TYPES: tuple[str, ...] = ("none", "single", "double", "triple")
+"""The bond channels, in order: no bond, then the kekulised bond orders 1, 2 and 3."""
 
 
 def _rdkit():  # noqa: ANN202 - the rdkit module
@@ -37,7 +43,7 @@ def _rdkit():  # noqa: ANN202 - the rdkit module
     return Chem
 
 
-def canonical_mol(smiles: str):  # noqa: ANN201 - an rdkit Mol
+def canonical_mol(smiles: str) -> Chem.Mol:
     """Parse ``smiles`` into a kekulised RDKit molecule whose atoms are in canonical order.
 
     Args:
@@ -123,7 +129,9 @@ def smiles_to_graph(
     return bonds, atoms
 
 
-def graph_to_mol(bonds: Tensor, atoms: Tensor, atom_types: Sequence[str] = ATOM_TYPES):  # noqa: ANN201
+def graph_to_mol(
+    bonds: Tensor, atoms: Tensor, atom_types: Sequence[str] = ATOM_TYPES
+) -> Chem.Mol:
     """Build the (unsanitised) RDKit molecule of one graph, without any correction.
 
     Atoms whose type is "no atom" are dropped with their bonds; bond types and elements are read
@@ -136,7 +144,7 @@ def graph_to_mol(bonds: Tensor, atoms: Tensor, atom_types: Sequence[str] = ATOM_
         atom_types: the element symbols of the atom channels.
 
     Returns:
-        An ``rdkit.Chem.RWMol``-built ``Mol`` (possibly with zero atoms).
+        An unsanitised ``rdkit.Chem.Mol`` (possibly with zero atoms).
 
     Raises:
         ValueError: tensors of the wrong shapes.
