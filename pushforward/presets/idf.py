@@ -125,25 +125,19 @@ class FactorOutPrior(BaseDistribution):
             total = total + lp.flatten(1).sum(-1)
         return total
 
-    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         """``log P(z)`` of the integer latent vector ``z``, shape ``(batch,)``."""
-        if _v.is_validating():
-            _v.check_tensor(z, self.event_shape, "FactorOutPrior.log_prob", "z")
         parts = self.split_parts(z)
         with _v.validation(False):
             kept = self.kept_from_latent(parts, context)
             return self.log_prob_parts(parts, kept)
 
     @torch.no_grad()
-    def sample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+    def _sample(self, n: int, context: Tensor | None, temperature: float) -> Tensor:
         """Ancestral draws ``(n, D)``.
 
         The top part, then each factored-out part given the kept channels rebuilt so far.
         """
-        n = _v.check_count(n, "FactorOutPrior.sample")
-        temperature = float(temperature)
-        if not temperature > 0 or not math.isfinite(temperature):
-            raise ValueError(f"temperature must be a positive finite number, got {temperature}")
         levels = self.multiscale.levels
         last = len(levels) - 1
         h = self.top.sample(n, temperature=temperature)
@@ -187,13 +181,13 @@ class IntegerFlow(Flow):
             raise TypeError(f"IntegerFlow: x must be an integer or float tensor, got {x.dtype}")
         dtype = _v._floating_dtype(self) or torch.get_default_dtype()
         exact = 2.0 ** {torch.float16: 11, torch.bfloat16: 8, torch.float32: 24}.get(dtype, 53)
-        if x.is_floating_point():
+        if x.is_floating_point() and _v.reads_values(x):  # not on meta: shapes only
             if not torch.isfinite(x).all():
                 raise ValueError("IntegerFlow: x contains NaN or infinite values")
             if not torch.equal(x, torch.round(x)):
                 raise ValueError("IntegerFlow: x must hold integer values (an integer discrete "
                                  "flow models pixels 0..255 as they are, not dequantised)")
-        if x.numel() and float(x.abs().max()) > exact:
+        if x.numel() and _v.reads_values(x) and float(x.abs().max()) > exact:
             raise ValueError(f"IntegerFlow: |x| exceeds {exact:.0f}, beyond which {dtype} "
                              "cannot hold every integer")
         return x.to(dtype)
