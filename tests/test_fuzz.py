@@ -347,9 +347,10 @@ def test_fuzz_transforms_long(data):
 # -- presets and Flow methods -----------------------------------------------------------------
 _FLOWS: dict = {}
 PRESETS = [
-    (name, {"shape": (1, 4, 4)} if name in ("glow", "realnvp", "nice") else {})
+    (name, {"shape": (1, 4, 4)} if {"images", "context"} <= pf.flows.accepts(name) else {})
     for name in pf.flows.names()
-] + [("realnvp", {}), ("nice", {})]
+] + [(name, {}) for name in pf.flows.names()  # their vector form too (declared, not listed)
+     if {"images", "vectors", "context"} <= pf.flows.accepts(name)]
 
 
 def _flow(name: str, options: dict, features: int, context: int, dtype):
@@ -557,7 +558,8 @@ def test_fuzz_preset_options(name, features, context, extra):
 
 
 @settings(max_examples=30, **_FAST)
-@given(name=st.sampled_from(pf.flows.names()), features=st.integers(2, 4),
+@given(name=st.sampled_from([n for n in pf.flows.names()  # plain vectors: read the declaration
+                             if "vectors" in pf.flows.accepts(n)]), features=st.integers(2, 4),
        context=st.integers(0, 3), transforms=st.integers(1, 2),
        hidden=st.sampled_from([(4,), (8, 8)]))
 def test_fuzz_preset_options_valid(name, features, context, transforms, hidden):
