@@ -33,7 +33,7 @@ def check_result(value: Tensor, owner: str, what: str, allow_neg_inf: bool = Fal
     Used on outputs at the outermost call, so a finite input never yields a silent NaN: either
     the result is finite (or ``-inf`` for a log-density that underflows), or this error names it.
     """
-    if not value.numel() or math.isfinite(value.sum().item()):
+    if not value.numel() or not reads_values(value) or math.isfinite(value.sum().item()):
         return
     bad = torch.isnan(value) | (value == math.inf)
     if not allow_neg_inf:
@@ -45,6 +45,15 @@ def check_result(value: Tensor, owner: str, what: str, allow_neg_inf: bool = Fal
             f"input is too extreme for {str(value.dtype).replace('torch.', '')}, or the "
             "parameters are not finite); rescale the input or use float64"
         )
+
+
+def reads_values(x: Tensor) -> bool:
+    """Whether a check may read the values of ``x``: not on the ``meta`` device.
+
+    A model run on ``meta`` (shapes and devices, no data: a dry run, or the device test) checks
+    shapes only; value checks (finiteness, domains) are skipped there, as under ``torch.func``.
+    """
+    return x.device.type != "meta"
 
 
 def in_torch_func() -> bool:
@@ -140,7 +149,8 @@ def check_tensor(
     # Fast path: a finite sum proves every entry finite (inf/NaN propagate through a sum); only
     # a non-finite sum (a bad entry, or an overflow of large finite values) needs the exact,
     # ~30× slower elementwise test.
-    if x.numel() and not math.isfinite(x.sum().item()) and not bool(torch.isfinite(x).all()):
+    if (x.numel() and reads_values(x) and not math.isfinite(x.sum().item())
+            and not bool(torch.isfinite(x).all())):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{owner}: {what} contains {bad} NaN or infinite value(s)")
 

@@ -98,7 +98,8 @@ class Transform(nn.Module):
         outermost = _outermost()
         if outermost:
             self._validate(z, self.latent_shape, context, "z")
-            self._check_z(z)
+            if _v.reads_values(z):
+                self._check_z(z)
         if z.shape[0] == 0 and self.event_shape is not None:
             # An empty batch: nothing to compute (several layers' reshapes cannot infer sizes).
             return z.new_zeros(0, *self.event_shape), z.new_zeros(0)
@@ -121,7 +122,8 @@ class Transform(nn.Module):
         outermost = _outermost()
         if outermost:
             self._validate(x, self.event_shape, context, "x")
-            self._check_x(x)
+            if _v.reads_values(x):
+                self._check_x(x)
         if x.shape[0] == 0 and self.latent_shape is not None:
             return x.new_zeros(0, *self.latent_shape), x.new_zeros(0)
         with _Nested():
@@ -565,7 +567,7 @@ class Flow(nn.Module):
             _v.check_tensor(x, self.event_shape, "Flow.log_prob", "x")
             _v.check_dtype(x, self, "Flow.log_prob", "x")
         inside = self.transform._inside_x(x)
-        if validating:
+        if validating and _v.reads_values(x):
             self.transform._check_x(x if inside is None else x[inside])
         if lead is not None and context is not None:
             ctx = self._context(context, context.shape[0])
