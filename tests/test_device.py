@@ -288,3 +288,30 @@ def test_preset_on_the_test_device(name: str) -> None:
     assert x.device.type == torch.device(DEVICE).type
     (-flow.log_prob(x, context).mean()).backward()
     assert all(p.grad is None or p.grad.device == p.device for p in flow.parameters())
+
+
+class _Leaky(pf.Transform):
+    """Adds a constant made without ``device=``: the leak both runs must catch."""
+
+    def __init__(self) -> None:
+        super().__init__((2,))
+
+    def _forward(self, z: torch.Tensor, context: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return z + torch.ones(2, dtype=z.dtype), z.new_zeros(z.shape[0])
+
+    def _inverse(self, x: torch.Tensor, context: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        return x - torch.ones(2, dtype=x.dtype), x.new_zeros(x.shape[0])
+
+
+def test_the_checks_catch_a_leak() -> None:
+    x = torch.randn(3, 2)
+    recorder = _Created("cpu")
+    with pytest.raises(RuntimeError), recorder:
+        _Leaky().to("meta").inverse(_meta(x))
+    assert recorder.events and "aten.ones" in recorder.events[0]
+    recorder = _Created("meta")
+    with pytest.raises(AssertionError, match="wrong device"), _reported(recorder), \
+            torch.device("meta"), recorder:
+        _Leaky().inverse(x)
