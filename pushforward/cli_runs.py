@@ -56,6 +56,12 @@ def build_flow(name: str, bundle: Any, options: dict[str, Any]) -> Any:
     if bundle.kind != "sphere" and "sphere" in accepted:
         raise CommandError(f"the {name.lower()!r} flow needs latitude/longitude data: add "
                            "--manifold sphere and a .csv/.npy file")
+    if (bundle.kind == "audio") != ("audio" in accepted):
+        needs = "a folder of WAV files" if "audio" in accepted else "non-audio data"
+        raise CommandError(f"a folder of WAV files goes with an audio flow (--flow vocoder); "
+                           f"the {name.lower()!r} flow needs {needs}")
+    if bundle.kind == "audio":  # the mel filterbank at the files' sample rate
+        options = {"sample_rate": bundle.train.mel.config.sample_rate, **options}
     layers = list(bundle.preprocess)
     if bundle.kind == "image" and "images" in accepted:
         flow = flows.build(name, shape=list(bundle.event_shape), **options)
@@ -131,6 +137,8 @@ def make_plots(flow: Any, bundle: Any, history: Any, out: Path, seed: int) -> li
     if history is not None:
         title = f"{bundle.name} — {flow.config.get('flow', 'flow')}"
         paths.append(plotting.plot_history(history, out / "loss.png", title=title))
+    if bundle.kind == "audio":
+        return paths  # samples need a mel spectrogram: examples/vocoder.py vocodes and plots
     if bundle.kind == "image":
         samples = samples_in_data_units(flow, 64, seed).clamp(0, 1)
         data = data_points(bundle, bundle.test, 64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,9 @@ def _run_train(args: argparse.Namespace) -> int:
         "stopped_early": history.stopped_early, "seconds": seconds,
         "n_train": len(bundle.train), "n_test": len(bundle.test), "units": "nats",
     }
+    if bundle.kind == "audio":  # b-bit samples x = (k + u) / 2^(b-1): bins of width 2^-(b-1)
+        metrics["test_bits_per_sample"] = (test_nll / (bundle.dims * math.log(2))
+                                           + bundle.train.bits - 1)
     if bundle.kind == "image":
         metrics["test_bits_per_dim"] = bits_per_dim(test_nll, bundle.dims, bundle.levels)
         metrics["levels"] = bundle.levels

@@ -333,3 +333,24 @@ def test_example_runs_end_to_end_on_synthetic_wavs(tmp_path):
     wavs = sorted(p.name for p in (out / "wav").iterdir())
     assert len(wavs) == 6 and all(read_wav(out / "wav" / w).sample_rate == RATE for w in wavs)
     assert pf.load(out / "model").context_features == 40 * 17
+
+
+@pytest.mark.slow
+def test_cli_trains_the_vocoder_on_a_wav_folder(tmp_path):
+    """``pushforward train --dataset FOLDER --flow vocoder``: WAV folders are audio bundles."""
+    import json
+
+    from pushforward.cli import main
+
+    data = tmp_path / "wavs"
+    for i in range(12):
+        write_wav(data / f"tone{i:02d}.wav", _sine(150.0 + 40 * i, 2200, 0.3).float(), RATE)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(data), "--flow", "vocoder", "--steps", "2",
+                 "--option", "hidden=4", "--option", "layers=1", "--option", "transforms=2",
+                 "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert math.isfinite(metrics["test_bits_per_sample"])
+    assert metrics["n_test"] == 4  # 2 test files × 2 whole segments
+    assert main(["train", "--dataset", str(data), "--flow", "maf", "--steps", "1",
+                 "--out", str(tmp_path / "bad"), "--no-progress"]) != 0

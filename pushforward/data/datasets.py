@@ -88,7 +88,8 @@ class DataBundle:
 
     Attributes:
         name: the dataset's name or file path.
-        kind: ``"vector"``, ``"image"`` or ``"sphere"``.
+        kind: ``"vector"``, ``"image"``, ``"sphere"`` or ``"audio"`` (waveform segments with
+            their mel spectrograms as context: ``(x, context)`` data for ``--flow vocoder``).
         event_shape: shape of one sample as the flow sees it.
         train: the training split, a tensor ``(N, *event_shape)`` or ``DequantizedImages``.
         val: the validation split, of the same kind.
@@ -198,6 +199,12 @@ def load_dataset(source: str | os.PathLike, seed: int = 0, manifold: str | None 
         return _vector_bundle(key, table.reshape(len(table), -1), seed, spec)
     if manifold is not None:
         raise ValueError(f"--manifold {manifold} needs a latitude/longitude .csv or .npy file")
+    if path.is_dir() and next(path.rglob("*.wav"), None) is not None:
+        from pushforward.audio.bundle import wav_segments  # a folder of WAVs: a vocoder's data
+
+        parts = wav_segments(path, seed)
+        return DataBundle(key, "audio", parts["event_shape"], parts["train"], parts["val"],
+                          parts["test"], [], None, spec)
     if lower == "digits":
         images, labels, levels = digits()
         test_images = None
