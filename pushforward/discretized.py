@@ -52,8 +52,9 @@ def clamp_log_scale(log_scale: Tensor) -> Tensor:
 
 
 def discretized_logistic_log_prob(z: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
-    """Elementwise ``log P(z)`` of integer ``z`` under the logistic ``L(loc, e^{log_scale})``
-    discretized to unit bins (formula in the module docstring); broadcasts.
+    """Elementwise ``log P(z)`` of integer ``z`` under a logistic discretized to unit bins.
+
+    The logistic is ``L(loc, e^{log_scale})`` (formula in the module docstring); broadcasts.
 
     Example:
         >>> import torch
@@ -173,4 +174,5 @@ class DiscretizedLogistic(BaseDistribution):
         return discretized_mixture_sample(*self.params(n), temperature=temperature)
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"event_shape={self.event_shape}, components={self.components}"

@@ -61,6 +61,7 @@ class StandardNormal(BaseDistribution):
         return z if temperature == 1.0 else z * temperature
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"event_shape={self.event_shape}"
 
 
@@ -87,6 +88,7 @@ class DiagonalNormal(BaseDistribution):
         return self.loc + temperature * torch.exp(self.log_scale) * eps
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"event_shape={self.event_shape}"
 
 

@@ -12,7 +12,15 @@ from torch import Tensor, nn
 from pushforward import _validation as _v
 from pushforward.continuous.dynamics import CNFDynamics
 from pushforward.continuous.paths import ProbabilityPath, make_path
-from pushforward.continuous.solvers import FIXED_METHODS, check_method, default_tolerances, solve
+from pushforward.continuous.solvers import (
+    FIXED_METHODS,
+    check_grid,
+    check_method,
+    check_steps,
+    check_tolerance,
+    default_tolerances,
+    solve,
+)
 from pushforward.continuous.traces import NOISES, sample_noise
 from pushforward.core import Transform
 
@@ -41,20 +49,11 @@ class _Record:
 
 
 def _positive(name: str, value: float | None) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"CNF: {name} must be a positive finite number, got {value}")
-    return value
+    return check_tolerance(name, value, "CNF")
 
 
 def _steps(value: int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"CNF: steps must be a positive int or None, got {value!r}")
-    return value
+    return check_steps(value, "CNF")
 
 
 class _EqualGrid:
@@ -340,12 +339,7 @@ class CNF(Transform):
     # -- solving ------------------------------------------------------------------------------
     @staticmethod
     def _check_grid(method: str, steps: int | None, options: dict) -> None:
-        if method in FIXED_METHODS and steps is None and "step_size" not in options and (
-                "grid_constructor" not in options):
-            raise ValueError(
-                f"CNF: the fixed-grid solver {method!r} needs steps=N (or "
-                "options={'step_size': h})"
-            )
+        check_grid(method, steps, options, "CNF")
 
     @contextlib.contextmanager
     def solver(
@@ -442,6 +436,7 @@ class CNF(Transform):
         return self._solve(x, context, self.t1, 0.0)
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         parts = [super().extra_repr(), f"trace={self.trace!r}", f"method={self.method!r}",
                  f"t1={self.t1}"]
         if self.steps is not None:

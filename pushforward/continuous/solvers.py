@@ -9,6 +9,7 @@ requires grad) must then be listed in ``adjoint_params``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -16,7 +17,8 @@ from torch import Tensor
 
 from pushforward._validation import in_torch_func
 
-__all__ = ["solve", "METHODS", "ADAPTIVE_METHODS", "default_tolerances"]
+__all__ = ["solve", "METHODS", "ADAPTIVE_METHODS", "default_tolerances", "check_method",
+           "check_steps", "check_tolerance", "check_grid"]
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams")
@@ -34,6 +36,47 @@ def check_method(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"unknown ODE solver {method!r}; choose one of {', '.join(METHODS)}")
     return method
+
+
+def check_steps(value: int | None, owner: str) -> int | None:
+    """A fixed-grid step count: a positive ``int`` or None.
+
+    Raises:
+        ValueError: anything else (the message starts with ``owner``).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: steps must be a positive int or None, got {value!r}")
+    return value
+
+
+def check_tolerance(name: str, value: float | None, owner: str) -> float | None:
+    """A solver tolerance (or end time): a positive finite number, or None.
+
+    Raises:
+        ValueError: anything else (the message starts with ``owner`` and names ``name``).
+    """
+    if value is None:
+        return None
+    value = float(value)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{owner}: {name} must be a positive finite number, got {value}")
+    return value
+
+
+def check_grid(method: str, steps: int | None, options: dict, owner: str) -> None:
+    """A fixed-grid ``method`` needs ``steps`` (or a ``step_size`` / ``grid_constructor``).
+
+    Raises:
+        ValueError: a fixed-grid method with none of them.
+    """
+    if method in FIXED_METHODS and steps is None and "step_size" not in options and (
+            "grid_constructor" not in options):
+        raise ValueError(
+            f"{owner}: the fixed-grid solver {method!r} needs steps=N (or "
+            "options={'step_size': h})"
+        )
 
 
 def default_tolerances(dtype: torch.dtype) -> tuple[float, float]:
@@ -130,7 +173,9 @@ def solve(
     return tuple(s[-1] for s in out)
 
 
-def _integrate(dynamics, state, times, rtol, atol, method, options, adjoint, adjoint_params):
+def _integrate(dynamics: Dynamics, state: tuple[Tensor, ...], times: Tensor, rtol: float,
+               atol: float, method: str, options: dict, adjoint: bool,
+               adjoint_params: Sequence[Tensor] | None) -> tuple[Tensor, ...]:
     import torchdiffeq
 
     if adjoint:

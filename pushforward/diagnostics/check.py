@@ -51,16 +51,21 @@ def _jacobian_ladj(t: Transform, z: Tensor, context: Tensor | None) -> Tensor:
 
 
 def _same_draws(call: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    """``call()`` with the global RNG at a fixed state (restored after): stochastic transforms
-    (Hutchinson, Russian roulette) then draw the same noise on every call."""
+    """``call()`` with the global RNG at a fixed state (restored after).
+
+    Stochastic transforms (Hutchinson, Russian roulette) then draw the same noise on every call.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
         return call()
 
 
 def _check_context_ignored(t: Transform, x: Tensor, z: Tensor) -> float:
-    """An unconditional transform given a random context returns exactly what it returns
-    without one, in both directions (the contract: ``Chain`` passes contexts blindly)."""
+    """Check that an unconditional transform ignores a context, in both directions.
+
+    Given a random context it returns exactly what it returns without one (the contract:
+    ``Chain`` passes contexts blindly).
+    """
     width = 3
     noise = torch.randn(x.shape[0], width, generator=torch.Generator().manual_seed(1),
                         dtype=x.dtype)
@@ -90,9 +95,12 @@ def _check_context_ignored(t: Transform, x: Tensor, z: Tensor) -> float:
 def _check_torch_func(
     t: Transform, x: Tensor, z: Tensor, context: Tensor | None, atol: float, rtol: float
 ) -> float:
-    """Forward and inverse run inside ``torch.func.jacrev`` of a single sample and give the
-    autograd Jacobian, unless a module of ``t`` declares ``supports_torch_func = False``; then
-    the call must raise ``NotImplementedError`` (a clear refusal, not a functorch crash)."""
+    """Check forward and inverse inside ``torch.func.jacrev`` of a single sample.
+
+    They must give the autograd Jacobian, unless a module of ``t`` declares
+    ``supports_torch_func = False``; then the call must raise ``NotImplementedError`` (a clear
+    refusal, not a functorch crash).
+    """
     blockers = [type(m).__name__ for m in t.modules()
                 if getattr(m, "supports_torch_func", True) is False]
     c0 = None if context is None else context[:1]

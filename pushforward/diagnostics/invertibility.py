@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -128,7 +129,7 @@ def _normalise(v: Tensor) -> Tensor:
 
 
 def _top_singular_value(
-    fn, inputs: Tensor, n_iter: int, tol: float, generator: torch.Generator
+    fn: Callable[..., Tensor], inputs: Tensor, n_iter: int, tol: float, generator: torch.Generator
 ) -> Tensor:
     """Per-sample ``σ_max`` of the Jacobian of a batch-independent map, by power iteration.
 

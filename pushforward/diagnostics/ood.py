@@ -15,7 +15,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,7 +203,9 @@ def typicality_test(
     batch_context: Tensor | None = None,
     batch_size: int = 1024,
 ) -> TypicalityResult:
-    """Is ``batch_x`` a typical batch of the training distribution? (Nalisnick et al., 2019)
+    """Test whether ``batch_x`` is a typical batch of the training distribution.
+
+    The typicality test of Nalisnick et al. (2019).
 
     The reference entropy is ``Ĥ = mean(−log p(train_x))``. The bootstrap draws ``n_bootstrap``
     batches of ``len(batch_x)`` points with replacement from ``train_x``'s NLLs; their spread
@@ -266,7 +268,7 @@ class AnomalyScores:
         self.reference_entropy = reference_entropy
         self.reference = reference
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Tensor]:
         return iter((self.nll, self.typicality))
 
     def __len__(self) -> int:

@@ -21,7 +21,10 @@ from torch import Tensor, nn
 from pushforward import _validation as _v
 from pushforward.continuous.solvers import (
     FIXED_METHODS,
+    check_grid,
     check_method,
+    check_steps,
+    check_tolerance,
     default_tolerances,
     solve,
 )
@@ -125,16 +128,11 @@ class SphereField(nn.Module):
 
 
 def _steps(value: int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"SphereCNF: steps must be a positive int or None, got {value!r}")
-    return value
+    return check_steps(value, "SphereCNF")
 
 
 def _check_grid(method: str, steps: int | None, options: dict) -> None:
-    if method in FIXED_METHODS and steps is None and "step_size" not in options:
-        raise ValueError(f"SphereCNF: the fixed-grid solver {method!r} needs steps=N")
+    check_grid(method, steps, options, "SphereCNF")
 
 
 class _Dynamics:
@@ -253,12 +251,8 @@ class SphereCNF(Transform):
         self.field = field
         self.n = self.sphere.n
         self.path = GeodesicPath(self.n, time_power)
-        for name, value in (("rtol", rtol), ("atol", atol)):
-            if value is not None and not (float(value) > 0 and math.isfinite(float(value))):
-                raise ValueError(f"SphereCNF: {name} must be a positive finite number, "
-                                 f"got {value}")
-        self.rtol = None if rtol is None else float(rtol)
-        self.atol = None if atol is None else float(atol)
+        self.rtol = check_tolerance("rtol", rtol, "SphereCNF")
+        self.atol = check_tolerance("atol", atol, "SphereCNF")
         self.method = check_method(method)
         self.options = dict(options or {})
         self.steps = _steps(steps)
@@ -286,13 +280,11 @@ class SphereCNF(Transform):
         new_steps = _steps(steps) if steps is not None else (
             None if new_method not in FIXED_METHODS else self.steps)
         _check_grid(new_method, new_steps, self.options)
-        for name, value in (("rtol", rtol), ("atol", atol)):
-            if value is not None and not (float(value) > 0 and math.isfinite(float(value))):
-                raise ValueError(f"SphereCNF: {name} must be a positive finite number, "
-                                 f"got {value}")
+        new_rtol = check_tolerance("rtol", rtol, "SphereCNF")
+        new_atol = check_tolerance("atol", atol, "SphereCNF")
         self.method, self.steps = new_method, new_steps
-        self.rtol = self.rtol if rtol is None else float(rtol)
-        self.atol = self.atol if atol is None else float(atol)
+        self.rtol = self.rtol if new_rtol is None else new_rtol
+        self.atol = self.atol if new_atol is None else new_atol
         try:
             yield self
         finally:
@@ -364,6 +356,7 @@ class SphereCNF(Transform):
             self.sphere.validate(z, owner="SphereCNF")
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         parts = [super().extra_repr(), f"method={self.method!r}"]
         if self.steps is not None:
             parts.append(f"steps={self.steps}")

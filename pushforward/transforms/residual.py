@@ -348,4 +348,5 @@ class ResidualBlock(Transform):
         return x, -self._log_det(x, context)
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"{super().extra_repr()}, logdet={self.logdet!r}"
