@@ -160,10 +160,14 @@ def _emit_entries(module: nn.Module, state: dict, prefix: str, _meta: object) ->
 
 
 def _gather_entries(module: nn.Module, state: dict, prefix: str, *_: object) -> None:
-    if prefix + "flat" in state:
-        return
     entries = module.__dict__["_flat_entries"]
     keys = [prefix + key for key, _, _ in entries]
+    if prefix + "flat" in state:
+        # both spellings (``{**flow.state_dict(), **dict(flow.named_parameters())}``): the
+        # parameter's own name wins, the per-layer copies are dropped
+        for key in keys:
+            state.pop(key, None)
+        return
     if not all(k in state for k in keys):
         return  # load_state_dict reports the missing keys
     if any(tuple(state[k].shape) != tuple(shape) for k, (_, _, shape) in zip(keys, entries)):
