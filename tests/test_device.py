@@ -277,6 +277,27 @@ def test_preset_creates_nothing_on_the_default_device(name: str) -> None:
 
 
 @pytest.mark.skipif(not DEVICE, reason="set PUSHFORWARD_TEST_DEVICE=cuda (benchmarks/gpu.sh)")
+@pytest.mark.parametrize(("case", "width"), _kit_params())
+def test_kit_case_on_the_test_device(case, width: int) -> None:  # noqa: ANN001
+    """The transform kit (``check_transform``, float64) with module and inputs on the device."""
+    from pushforward.diagnostics import check_transform
+
+    torch.manual_seed(1)
+    t = case.make(width).double()
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(case.perturb * torch.randn_like(p))
+    generator = torch.Generator().manual_seed(2)
+    x = case.inputs(case.batch, generator)
+    context = (torch.randn(case.batch, width, generator=generator, dtype=torch.float64)
+               if width else None)
+    t = t.to(DEVICE)
+    context = None if context is None else context.to(DEVICE)
+    check_transform(t, x.to(DEVICE), context, atol=case.atol,
+                    ladj_reference=case.ladj_reference)
+
+
+@pytest.mark.skipif(not DEVICE, reason="set PUSHFORWARD_TEST_DEVICE=cuda (benchmarks/gpu.sh)")
 @pytest.mark.parametrize("name", pf.flows.names())
 def test_preset_on_the_test_device(name: str) -> None:
     """On a real accelerator: log_prob, backward and sampling stay on the device."""
