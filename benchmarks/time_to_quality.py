@@ -132,7 +132,9 @@ def run_ours(model: tp.Model, train: Tensor, test: Tensor, unit: Callable[[Tenso
         if taken[0] % cfg.eval_every == 0 or taken[0] == steps:
             evaluate(model, test, unit, clock, curve, taken[0])
 
-    options = {} if cfg.fit_lr is None else {"lr": cfg.fit_lr}
+    options: dict[str, float] = {} if cfg.fit_lr is None else {"lr": cfg.fit_lr}
+    if cfg.fit_warmup is not None:
+        options["warmup"] = cfg.fit_warmup
     pf.fit(model.module, train, steps=steps, batch_size=cfg.batch, seed=seed,
            progress=False, handle_signals=False, callback=callback, **options)
     model.module.eval()
@@ -253,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
                              "learning rate over them")
     parser.add_argument("--fit-lr", type=float, default=None,
                         help="learning rate given to pf.fit (default: fit's own)")
+    parser.add_argument("--fit-warmup", type=int, default=None,
+                        help="linear warm-up steps given to pf.fit (default: fit's own)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -280,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             f"end; {cfg.transforms} transforms, hidden {[cfg.hidden] * cfg.layers}, batch "
             f"{cfg.batch}, zuko {cfg.steps} steps, pf.fit {cfg.fit_steps or cfg.steps} steps"
             + (f" at lr {cfg.fit_lr}" if cfg.fit_lr else " (fit's default lr)")
+            + (f", warm-up {cfg.fit_warmup}" if cfg.fit_warmup is not None else "")
             + f", seeds {cfg.seeds} (medians).")
     text = head + "\n\n" + table(records)
     meta = {"date": started, "load_average_start": load_start, "load_average_end": load_end,
