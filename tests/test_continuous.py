@@ -165,19 +165,19 @@ def test_hutchinson_noise_is_fixed_within_a_solve():
             return torch.tanh(self.lin(z))
 
     cnf = CNF(Spy(), 2, trace="hutchinson", rtol=1e-6, atol=1e-6)
-    original = pf.continuous.dynamics._divergence_hutchinson
+    original = pf.continuous.dynamics.divergence_hutchinson
 
     def spy(out, z, noise, create_graph):
         seen.append(noise.clone())
         return original(out, z, noise, create_graph)
 
-    pf.continuous.dynamics._divergence_hutchinson = spy
+    pf.continuous.dynamics.divergence_hutchinson = spy
     try:
         cnf(torch.randn(3, 2, dtype=D64))
         first = len(seen)
         cnf(torch.randn(3, 2, dtype=D64))
     finally:
-        pf.continuous.dynamics._divergence_hutchinson = original
+        pf.continuous.dynamics.divergence_hutchinson = original
     assert first > 2
     assert all(torch.equal(seen[0], s) for s in seen[:first])
     assert not torch.equal(seen[0], seen[first])  # a new draw for the next solve

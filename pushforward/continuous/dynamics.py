@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pushforward.continuous.traces import _divergence_exact, _divergence_hutchinson
+from pushforward.continuous.traces import divergence_exact, divergence_hutchinson
 
 __all__ = ["CNFDynamics"]
 
@@ -73,9 +73,9 @@ class CNFDynamics:
                 z = z.detach().requires_grad_(True)
             out = self.evaluate(t, z)
             if self.noise is None:
-                trace, frobenius = _divergence_exact(out, z, create_graph)
+                trace, frobenius = divergence_exact(out, z, create_graph)
             else:
-                trace, frobenius = _divergence_hutchinson(out, z, self.noise, create_graph)
+                trace, frobenius = divergence_hutchinson(out, z, self.noise, create_graph)
         if not create_graph:
             out, trace, frobenius = out.detach(), trace.detach(), frobenius.detach()
         if not self.regularize:

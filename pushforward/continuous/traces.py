@@ -16,7 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["exact_trace", "hutchinson_trace", "sample_noise", "NOISES"]
+__all__ = ["exact_trace", "hutchinson_trace", "sample_noise", "NOISES", "divergence_exact",
+           "divergence_hutchinson"]
 
 NOISES = ("gaussian", "rademacher")
 """Hutchinson noise kinds: Gaussian ``ε ~ N(0, I)`` or Rademacher ``ε ∈ {−1, 1}^d``."""
@@ -52,8 +53,17 @@ def _grad(out: Tensor, z: Tensor, weight: Tensor, create_graph: bool) -> Tensor:
     return torch.zeros_like(z) if g is None else g
 
 
-def _divergence_exact(out: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
-    """``(tr ∂out/∂z, ‖∂out/∂z‖_F²)`` per sample, from one VJP per dimension."""
+def divergence_exact(out: Tensor, z: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
+    """``(tr ∂out/∂z, ‖∂out/∂z‖_F²)`` per sample, from one VJP per dimension.
+
+    Args:
+        out: the field's output ``(batch, *event)``, computed from ``z``.
+        z: the input (requires grad).
+        create_graph: keep the graph (for a gradient of the result).
+
+    Returns:
+        The trace and the squared Frobenius norm, each ``(batch,)``.
+    """
     d = out[0].numel() if out.shape[0] else 0
     flat = out.reshape(out.shape[0], -1)
     trace = z.new_zeros(z.shape[0])
@@ -67,10 +77,20 @@ def _divergence_exact(out: Tensor, z: Tensor, create_graph: bool) -> tuple[Tenso
     return trace, frobenius
 
 
-def _divergence_hutchinson(
+def divergence_hutchinson(
     out: Tensor, z: Tensor, noise: Tensor, create_graph: bool
 ) -> tuple[Tensor, Tensor]:
-    """``(εᵀ J ε, ‖εᵀ J‖²)`` per sample with ``J = ∂out/∂z`` and ``ε = noise``."""
+    """``(εᵀ J ε, ‖εᵀ J‖²)`` per sample with ``J = ∂out/∂z`` and ``ε = noise``.
+
+    Args:
+        out: the field's output ``(batch, *event)``, computed from ``z``.
+        z: the input (requires grad).
+        noise: ``ε``, shaped like ``z``.
+        create_graph: keep the graph (for a gradient of the result).
+
+    Returns:
+        The unbiased trace estimate and ``‖εᵀ J‖²``, each ``(batch,)``.
+    """
     vjp = _grad(out, z, noise, create_graph)
     trace = (vjp * noise).reshape(z.shape[0], -1).sum(-1)
     frobenius = vjp.pow(2).reshape(z.shape[0], -1).sum(-1)
@@ -114,7 +134,7 @@ def exact_trace(
     """
     out, z = _output(f, z)
     with torch.enable_grad():
-        return _divergence_exact(out, z, create_graph)[0]
+        return divergence_exact(out, z, create_graph)[0]
 
 
 def hutchinson_trace(
@@ -162,4 +182,4 @@ def hutchinson_trace(
             f"hutchinson_trace: noise has shape {tuple(noise.shape)}, z has {tuple(z.shape)}"
         )
     with torch.enable_grad():
-        return _divergence_hutchinson(out, z, noise.to(z), create_graph)[0]
+        return divergence_hutchinson(out, z, noise.to(z), create_graph)[0]
