@@ -69,7 +69,7 @@ class FactorOutPrior(BaseDistribution):
         self.unit = float(unit)
         self.input_scale = float(input_scale)
         self.nets = nn.ModuleList()
-        for i, out in enumerate(multiscale._factored):
+        for i, out in enumerate(multiscale.factored_channels):
             kept = tuple(levels[i + 1].event_shape or ())
             self.nets.append(ConvNet(kept[0], 3 * self.components * out, hidden=hidden,
                                      blocks=1, zero_last=True))
@@ -99,8 +99,8 @@ class FactorOutPrior(BaseDistribution):
     def split_parts(self, z: Tensor) -> list[Tensor]:
         """``z`` cut into ``[o_0, …, o_{L−2}, z_top]`` as images."""
         ms = self.multiscale
-        parts = torch.split(z, ms._sizes, dim=1)
-        shapes = [(k, *ms.levels[i].latent_shape[1:]) for i, k in enumerate(ms._factored)]
+        parts = torch.split(z, ms.part_sizes, dim=1)
+        shapes = [(k, *ms.levels[i].latent_shape[1:]) for i, k in enumerate(ms.factored_channels)]
         shapes.append(tuple(ms.levels[-1].latent_shape))
         return [p.reshape(z.shape[0], *s) for p, s in zip(parts, shapes)]
 
@@ -207,7 +207,7 @@ class IntegerFlow(Flow):
             for i, level in enumerate(ms.levels):
                 h, _ = level.inverse(h)
                 if i < last:
-                    k = ms._factored[i]
+                    k = ms.factored_channels[i]
                     parts.append(h[:, :k])
                     h = h[:, k:]
                     kept.append(h)

@@ -172,6 +172,16 @@ class MultiScale(Transform):
         self.analytic_inverse = all(t.analytic_inverse for t in levels)
         self.exact_ladj = all(t.exact_ladj for t in levels)
 
+    @property
+    def part_sizes(self) -> list[int]:
+        """Sizes of the latent parts ``[o_0, …, o_{L−2}, z_top]`` (they concatenate to ``z``)."""
+        return list(self._sizes)
+
+    @property
+    def factored_channels(self) -> list[int]:
+        """Channels factored out after each level but the last."""
+        return list(self._factored)
+
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         total = x.new_zeros(x.shape[0])
         parts = []
