@@ -231,9 +231,9 @@ class GeneralizedCalibration(_SimplexFlow):
         log_q = torch.log(x)
         rhs = log_q - c
         if a.shape[0] == 1:  # one small n × n inverse, then one product for the batch
-            v = rhs @ torch.linalg.inv(a[0]).T
+            v = rhs @ torch.linalg.inv_ex(a[0])[0].T  # invertible: no error check, no sync
         else:
-            v = torch.linalg.solve(a, rhs.unsqueeze(-1)).squeeze(-1)
+            v = torch.linalg.solve_ex(a, rhs.unsqueeze(-1))[0].squeeze(-1)
         log_p = torch.log_softmax(v, dim=-1)
         return log_p.exp(), -(logdet + _log_ratio(log_q, log_p))
 

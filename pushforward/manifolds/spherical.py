@@ -68,9 +68,9 @@ def _normalized_affine_inverse(x: Tensor, m: Tensor | None, logdet: Tensor | Non
     if m is None:
         w = x
     elif m.shape[0] == 1:  # one matrix for the batch: one factorisation, many right-hand sides
-        w = torch.linalg.solve(m[0], x.T).T
+        w = torch.linalg.solve_ex(m[0], x.T)[0].T  # M invertible: no error check (sync)
     else:
-        w = torch.linalg.solve(m, x.unsqueeze(-1)).squeeze(-1)
+        w = torch.linalg.solve_ex(m, x.unsqueeze(-1))[0].squeeze(-1)
     rho2 = (w * w).sum(-1)
     if b is None:
         ladj = -0.5 * n * torch.log(rho2)
