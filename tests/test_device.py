@@ -82,10 +82,11 @@ META_PRESET_EXCEPTIONS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("idf", "sample"): ("pushforward/discretized.py", "discretized_mixture_sample",
                         "a Categorical draw (torch.distributions validates the logits' values)"),
 }
-# Host-side values made on the CPU on purpose (no device synchronisation): (file, function).
-HOST_SIDE: dict[tuple[str, str], str] = {
-    ("pushforward/transforms/residual.py", "_series"): "Russian-roulette number of series "
-    "terms, a host-side random count (torch.distributions.Geometric on the CPU, then int)",
+# Host-side values made on the CPU on purpose (no device synchronisation):
+# (file, function, operation prefix).
+HOST_SIDE: dict[tuple[str, str, str], str] = {
+    ("pushforward/transforms/residual.py", "_series", "aten."): "Russian-roulette number of "
+    "series terms, a host-side random count (torch.distributions.Geometric on the CPU, then int)",
 }
 class _Created(TorchDispatchMode):
     """Records operations that create a tensor on ``stray`` from inputs none of which is there."""
@@ -100,11 +101,13 @@ class _Created(TorchDispatchMode):
         out = func(*args, **kwargs)
         ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        # torch.tensor(data) builds its tensor before dispatch; lift_fresh then sees it as input
+        fresh = func in (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default)
         if (any(t.device.type == self.stray for t in outs)
-                and not any(t.device.type == self.stray for t in ins)):
+                and (fresh or not any(t.device.type == self.stray for t in ins))):
             where = _where()
             if not any(where.startswith(f) and where.endswith(f" in {fn}")
-                       for f, fn in HOST_SIDE):
+                       and str(func).startswith(op) for f, fn, op in HOST_SIDE):
                 self.events.append(f"{func} at {where}")
         return out
 
@@ -336,3 +339,15 @@ def test_the_checks_catch_a_leak() -> None:
     with pytest.raises(AssertionError, match="wrong device"), _reported(recorder), \
             torch.device("meta"), recorder:
         _Leaky().inverse(x)
+
+
+def test_fit_creates_nothing_on_the_default_device() -> None:
+    """``pf.fit`` (batches, data order, validation, the step) with the default device elsewhere."""
+    torch.manual_seed(0)
+    flow = pf.flows.build("maf", features=2, transforms=2, hidden=[8])
+    with torch.no_grad():
+        x, val = flow.sample(48), flow.sample(16)
+    recorder = _Created("meta")
+    with _reported(recorder), torch.device("meta"), recorder:
+        pf.fit(flow, x, val=val, steps=4, batch_size=16, progress=False)
+    assert not recorder.events, "\n".join(recorder.events)

@@ -75,7 +75,8 @@ def split_indices(n: int, seed: int, fractions: tuple[float, ...] = FRACTIONS) -
     """
     if n < len(fractions):
         raise ValueError(f"need at least {len(fractions)} rows to split, got {n}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 7919))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 7919),
+                           device="cpu")
     sizes = [max(1, math.floor(f * n)) for f in fractions[1:]]
     first = n - sum(sizes)
     bounds = np.cumsum([0, first, *sizes])

@@ -287,16 +287,19 @@ def fit(
             while state.step < steps and not history.stopped_early:
                 if order_epoch != state.epoch:
                     sampler.set_epoch(state.epoch)
-                    order, order_epoch = list(sampler), state.epoch
+                    with torch.device("cpu"):  # host-side order, whatever the default device
+                        order = list(sampler)
+                    order_epoch = state.epoch
                 start = state.position * batch_size
                 index = torch.tensor(order if per_rank < batch_size
-                                     else order[start:start + batch_size], dtype=torch.long)
+                                     else order[start:start + batch_size], dtype=torch.long,
+                                     device="cpu")  # host-side index, like the data
                 x, ctx = source.batch(index)
                 x, ctx = to_module(x, flow), None if ctx is None else to_module(ctx, flow)
                 loss, nll = _loss(objective, flow, model, x, ctx)
                 flags = ddp.all_reduce_sum(torch.stack([
                     nll.detach().double(), (~torch.isfinite(loss.detach())).double(),
-                    torch.tensor(float(signals.received is not None), dtype=torch.float64)]))
+                    nll.new_tensor(float(signals.received is not None), dtype=torch.float64)]))
                 if stepper.step(loss, state.step, finite=bool(flags[1] == 0),
                                 synchronize=synchronize):
                     if average is not None:

@@ -133,4 +133,5 @@ class DataSource:
     def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor | None]]:
         """Every point once, in order, ``batch_size`` at a time."""
         for start in range(0, len(self), batch_size):
-            yield self.batch(torch.arange(start, min(start + batch_size, len(self))))
+            yield self.batch(torch.arange(start, min(start + batch_size, len(self)),
+                                          device="cpu"))  # host-side index, like the data
