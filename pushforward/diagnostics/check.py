@@ -68,7 +68,7 @@ def _check_context_ignored(t: Transform, x: Tensor, z: Tensor) -> float:
     """
     width = 3
     noise = torch.randn(x.shape[0], width, generator=torch.Generator().manual_seed(1),
-                        dtype=x.dtype)
+                        dtype=x.dtype).to(x.device)  # drawn on the host: the same on any device
     worst = 0.0
     for name, method, value in (("forward", t.forward, z), ("inverse", t.inverse, x)):
         try:
@@ -224,7 +224,8 @@ def check_transform(
 
     if context is not None and t64.context_features:
         generator = torch.Generator().manual_seed(0)
-        other = context + torch.randn(context.shape, generator=generator, dtype=context.dtype)
+        other = context + torch.randn(context.shape, generator=generator,
+                                      dtype=context.dtype).to(context.device)
         x3, ladj3 = t64(z, other)
         change = max(_max_error(x3, x2), _max_error(ladj3, ladj))
         report["context effect"] = change

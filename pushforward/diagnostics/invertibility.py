@@ -142,7 +142,7 @@ def _top_singular_value(
         u = torch.zeros_like(out, requires_grad=True)
         (jtu,) = torch.autograd.grad(out, inputs, u, create_graph=True)
         v = torch.randn(inputs.shape, generator=generator, dtype=torch.float64)
-        v = _normalise(v.to(inputs.dtype))
+        v = _normalise(v.to(dtype=inputs.dtype, device=inputs.device))  # host draw, any device
         sigma = inputs.new_zeros(inputs.shape[0])
         for _ in range(max(1, n_iter)):
             (jv,) = torch.autograd.grad(jtu, u, v, retain_graph=True, allow_unused=True)
