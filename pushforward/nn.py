@@ -11,7 +11,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from pushforward.fused import FlatSlots, _Plan, fast_path_enabled, flatten_linears, relu_stack
+from pushforward.fused import (
+    FlatSlots,
+    _Plan,
+    affine_stack,
+    fast_path_enabled,
+    flatten_linears,
+    relu_stack,
+)
 
 __all__ = ["MLP", "MADE", "MaskedLinear", "ConvNet", "activation", "with_context"]
 
@@ -300,12 +307,48 @@ class MADE(nn.Module):
         weights, biases, _ = plan.weights(self.flat)
         return weights, biases
 
+    def _fast(self, x: Tensor, context: Tensor | None) -> bool:
+        return (self._fusable and x.dim() == 2 and x.dtype == self.flat.dtype
+                and (context is None or (context.dim() == 2 and context.dtype == x.dtype))
+                and fast_path_enabled())
+
+    def affine_inverse(
+        self, x: Tensor, context: Tensor | None, bound: float | None
+    ) -> tuple[Tensor, Tensor] | None:
+        """A MAF layer's density direction with the affine map, fused (``params == 2``).
+
+        ``(ŝ_i, m_i) = MADE(x)_i``, ``z_i = x_i e^{−s_i} + m_i`` with ``s = B tanh(ŝ/B)``, and
+        ``ladj = −Σ_i s_i``, as ``AffineMap(bound).inverse`` on this MADE's output, in one
+        autograd node (``pushforward.fused``).
+
+        Args:
+            x: ``(batch, d)``.
+            context: ``(batch, context_features)`` or None.
+            bound: the map's clamp ``B`` (None: none).
+
+        Returns:
+            ``z`` and ``ladj`` ``(batch,)``, or None where the fast path does not apply (the
+            caller then uses the general path).
+        """
+        context = self._checked(context)
+        if self.params != 2 or not self._fast(x, context):
+            return None
+        plan = self._plan
+        plan.masks = [layer.mask for layer in self.layers]
+
+        def general(x: Tensor, context: Tensor | None, flat: Tensor) -> tuple[Tensor, Tensor]:
+            # the same formula with differentiable, out-of-place operations (double backward)
+            raw, shift = self._general(x, context, flat).unflatten(-1, (-1, 2)).unbind(-1)
+            neg = -raw if bound is None else torch.sigmoid(raw * (-2.0 / bound)) * (
+                2.0 * bound) - bound
+            return torch.addcmul(shift, x, neg.exp()), neg.sum(-1)
+
+        return affine_stack(x, context, self.flat, plan, general, bound)
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Parameters ``(*batch, d, params)`` of every feature, in one pass."""
         context = self._checked(context)
-        if (self._fusable and x.dim() == 2 and x.dtype == self.flat.dtype
-                and (context is None or (context.dim() == 2 and context.dtype == x.dtype))
-                and fast_path_enabled()):
+        if self._fast(x, context):
             plan = self._plan
             plan.masks = [layer.mask for layer in self.layers]
             h = relu_stack(x, context, self.flat, plan, self._general)

@@ -222,3 +222,24 @@ def test_refresh_after_editing_data_behind_autograd() -> None:
         with fast_path(False):
             reference = flow.log_prob(x)
         torch.testing.assert_close(flow.log_prob(x), reference)
+
+
+@pytest.mark.parametrize(("bound", "context"), [(3.0, 0), (None, 2)])
+def test_fused_maf_layer_gradcheck(bound: float | None, context: int) -> None:
+    """The MADE + affine map node of a MAF layer's density direction."""
+    from pushforward.transforms.autoregressive import MaskedAutoregressive
+
+    torch.manual_seed(0)
+    layer = MaskedAutoregressive(3, context, hidden=(5, 6), bound=bound).double()
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(4, context, dtype=torch.float64, requires_grad=True) if context else None
+    flat = layer.made.flat.detach().clone().requires_grad_(True)
+
+    def f(x: torch.Tensor, flat: torch.Tensor, *c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.func.functional_call(layer.inv, {"transform.made.flat": flat}, (x,),
+                                          {"context": c[0] if c else None})
+
+    inputs = (x, flat, *((c,) if c is not None else ()))
+    assert layer.made.affine_inverse(x, c, bound) is not None  # the fused node applies
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)

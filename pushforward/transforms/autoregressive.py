@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from pushforward.core import Transform
 from pushforward.nn import MADE
 from pushforward.transforms import splines as _splines  # noqa: F401  (registers "spline")
-from pushforward.transforms.maps import ElementwiseMap, elementwise_map
+from pushforward.transforms.maps import AffineMap, ElementwiseMap, elementwise_map
 
 __all__ = ["MaskedAutoregressive", "InverseAutoregressive"]
 
@@ -110,6 +110,11 @@ class MaskedAutoregressive(_Autoregressive):
     """
 
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if type(self.map) is AffineMap:
+            # the MADE and the affine map as one autograd node (pushforward.fused)
+            fused = self.made.affine_inverse(x, context, self.map.bound)
+            if fused is not None:
+                return fused
         z, ladj = self.map.inverse(x, self.made(x, context))
         return z, ladj.sum(dim=-1)
 
