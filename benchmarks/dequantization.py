@@ -32,8 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pushforward as pf  # noqa: E402
-from pushforward.data import VariationalDequantization, dequantized_log_prob, load_dataset  # noqa: E402,E501
+from pushforward.data import load_dataset  # noqa: E402
 from pushforward.data.preprocess import wrap  # noqa: E402
+from pushforward.training import VariationalDequantization, dequantized_log_prob  # noqa: E402
 from pushforward.transforms import Reshape  # noqa: E402
 
 

@@ -135,7 +135,8 @@ def fashion_vs_mnist(args: argparse.Namespace, out: Path) -> dict | None:
         sys.path.insert(0, str(HERE))
         from images import build_image_flow  # the sibling example
 
-        from pushforward.data import DequantizedImages, LogitPreprocessing
+        from pushforward.data import DequantizedImages
+        from pushforward.transforms import LogitPreprocessing
 
         torch.manual_seed(args.seed)
         flow = build_image_flow("glow", (1, 28, 28), [LogitPreprocessing((1, 28, 28), 0.05)],

@@ -32,6 +32,12 @@ def wrap(flow: Flow, layers: Sequence[Transform]) -> Flow:
 def unwrap_spec(config: dict[str, Any]) -> list[Transform]:
     """The pre-processing layers recorded in a flow config (empty if none).
 
+    Args:
+        config: a flow config (``flow.config`` or a checkpoint's ``config.json``).
+
+    Returns:
+        The layers, in generative order (data side last).
+
     Raises:
         ValueError: the record is not a list, or one entry is unknown or malformed.
     """
