@@ -4,6 +4,7 @@ The vocoder preset (``pf.flows.build("vocoder", samples=...)``) and the helpers 
 whole utterances live in ``pushforward.presets.vocoder``.
 """
 
+from pushforward.audio import bundle  # noqa: F401  (registers WAV folders with pushforward.data)
 from pushforward.audio.metrics import log_spectral_distance, mel_cepstral_distortion
 from pushforward.audio.segments import WaveSegments
 from pushforward.audio.spectral import (

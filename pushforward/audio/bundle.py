@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 from pushforward.audio.segments import WaveSegments, dequantize
 from pushforward.audio.spectral import MelSpectrogram, SpectrogramConfig
 from pushforward.audio.wav import load_wav_folder
+from pushforward.data.datasets import register_folder_source
 
 __all__ = ["has_wav_files", "wav_segments"]
 
@@ -74,3 +75,6 @@ def wav_segments(folder: Path, seed: int = 0) -> dict[str, Any]:
             "event_shape": (SEGMENT,),
             "sample_rate": rate,
         }
+
+
+register_folder_source("audio", has_wav_files, wav_segments)  # load_dataset(WAV folder)

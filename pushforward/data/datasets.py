@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,27 @@ _DESCRIPTIONS = {
     "mnist": "images 1x28x28, MNIST IDX files from $PUSHFORWARD_DATA/mnist or "
              "/usr/share/datasets/mnist (or pass the folder as --dataset PATH)",
 }
+
+
+FolderLoader = Callable[[Path, int], dict[str, Any]]
+_FOLDER_SOURCES: dict[str, tuple[Callable[[Path], bool], FolderLoader]] = {}
+
+
+def register_folder_source(kind: str, accepts: Callable[[Path], bool],
+                           load: FolderLoader) -> None:
+    """Let a package load folders of its own files without this package importing it.
+
+    ``load_dataset(folder)`` asks every registered source, in registration order, whether it
+    ``accepts(folder)``; the first that does builds the bundle from ``load(folder, seed)``, a
+    dict with ``"train"``, ``"val"``, ``"test"`` and ``"event_shape"`` (``pushforward.audio``
+    registers its WAV folders this way, as ``kind="audio"``).
+
+    Args:
+        kind: the bundle's kind.
+        accepts: whether a folder is this source's.
+        load: ``(folder, seed) -> parts``.
+    """
+    _FOLDER_SOURCES[kind] = (accepts, load)
 
 
 def datasets() -> dict[str, str]:
@@ -200,12 +222,11 @@ def load_dataset(source: str | os.PathLike, seed: int = 0, manifold: str | None 
         return _vector_bundle(key, table.reshape(len(table), -1), seed, spec)
     if manifold is not None:
         raise ValueError(f"--manifold {manifold} needs a latitude/longitude .csv or .npy file")
-    if path.is_dir() and next(path.rglob("*.wav"), None) is not None:
-        from pushforward.audio.bundle import wav_segments  # a folder of WAVs: a vocoder's data
-
-        parts = wav_segments(path, seed)
-        return DataBundle(key, "audio", parts["event_shape"], parts["train"], parts["val"],
-                          parts["test"], [], None, spec)
+    for kind, (accepts, load) in _FOLDER_SOURCES.items():  # e.g. a folder of WAVs (audio)
+        if path.is_dir() and accepts(path):
+            parts = load(path, seed)
+            return DataBundle(key, kind, parts["event_shape"], parts["train"], parts["val"],
+                              parts["test"], [], None, spec)
     if lower == "digits":
         images, labels, levels = digits()
         test_images = None
