@@ -32,7 +32,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CHAINS = ("sphere-affine", "simplex-generalized", "simplex-calibration")
-OPS = ("train_step", "train_step_no_validation", "log_prob_no_grad", "sample")
+OPS = ("train_step", "train_step_no_validation", "log_prob_no_grad", "sample",
+       "ops_per_train_step")
 
 
 def _build(chain: str, depth: int) -> tuple[object, object]:
@@ -107,7 +108,19 @@ def worker(chain: str, depth: int, repeats: int) -> dict[str, list[float]]:
     pf.set_validation(True)
     out["log_prob_no_grad"] = _median_ms(log_prob, repeats)
     out["sample"] = _median_ms(sample, repeats)
-    return {k: list(v) for k, v in out.items()}
+    result = {k: list(v) for k, v in out.items()}
+    result["ops_per_train_step"] = [float(_count_ops(step))] * 2
+    return result
+
+
+def _count_ops(fn: Callable[[], object]) -> int:
+    """Top-level ATen operations of one call (forward, backward, optimiser): load-independent."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::")
+               and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
 
 
 def _load() -> float:
@@ -142,24 +155,30 @@ def _markdown(record: dict) -> str:
         f"Batch 512, float64, one thread, {record['depth']} layers, plain Adam; medians of "
         f"{record['repeats']} repeats × {record['rounds']} alternating rounds (fresh process "
         f"each); load average {record['load_before']:.2f} before, {record['load_after']:.2f} "
-        "after (2 shared cores). Milliseconds: wall (thread CPU).",
+        "after (2 shared cores). Milliseconds: wall (thread CPU); on a loaded machine the thread "
+        "CPU time is the meaningful column (wall includes waiting for a core). "
+        "`ops_per_train_step`: top-level ATen operations of one training step (a count).",
         "",
     ]
     base = record.get("baseline")
     head = "| chain | operation | this code (" + record["commit"] + ") |"
     rule = "|---|---|---|"
     if base:
-        head += f" before ({base['commit']}) | speed-up (wall) |"
+        head += f" before ({base['commit']}) | speed-up |"
         rule += "---|---|"
     lines += [head, rule]
     for chain in CHAINS:
         for op in OPS:
             now = record["results"][chain][op]
-            row = f"| {chain} | {op} | {now['wall_ms']:.2f} ({now['cpu_ms']:.2f}) |"
-            if base and chain in base["results"]:
+            count = op == "ops_per_train_step"
+            row = (f"| {chain} | {op} | {now['wall_ms']:.0f} |" if count else
+                   f"| {chain} | {op} | {now['wall_ms']:.2f} ({now['cpu_ms']:.2f}) |")
+            if base and chain in base["results"] and op in base["results"][chain]:
                 old = base["results"][chain][op]
-                row += (f" {old['wall_ms']:.2f} ({old['cpu_ms']:.2f}) |"
-                        f" {old['wall_ms'] / now['wall_ms']:.2f}× |")
+                row += (f" {old['wall_ms']:.0f} | {old['wall_ms'] / now['wall_ms']:.2f}× |"
+                        if count else f" {old['wall_ms']:.2f} ({old['cpu_ms']:.2f}) |"
+                        f" {old['wall_ms'] / now['wall_ms']:.2f}× (CPU "
+                        f"{old['cpu_ms'] / now['cpu_ms']:.2f}×) |")
             lines.append(row)
     if base and base.get("note"):
         lines += ["", base["note"]]
