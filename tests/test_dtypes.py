@@ -13,6 +13,7 @@ import inspect
 import pytest
 import torch
 from contract import all_cases
+from test_preset_kit import SMALL, _sized
 from torch import nn
 
 import pushforward as pf
@@ -166,16 +167,21 @@ def test_public_class_follows_default_dtype(name, cls, default_dtype):
 
 # -- every preset ------------------------------------------------------------------------------
 def _preset_options(name: str) -> list[dict]:
-    """Small configurations of a preset: a vector one, and an image one if it takes a shape."""
+    """Small configurations of a preset for each kind of data it declares (pf.flows.accepts)."""
+    accepted = pf.flows.accepts(name)
     parameters = inspect.signature(_registry._REGISTRY[name]).parameters
     small = {k: v for k, v in (("transforms", 2), ("hidden", (8, 8))) if k in parameters}
     options = []
-    if "features" in parameters:
+    if accepted & {"vectors", "sphere", "simplex"}:
         options.append({"features": 3, **small})
-        if "context" in parameters:
+        if "context" in accepted:
             options.append({"features": 3, "context": 2, **small})
-    if "shape" in parameters:
+    if "images" in accepted:
         options.append({"shape": (2, 4, 4)})
+        if "context" in accepted and "vectors" not in accepted:
+            options.append({"shape": (2, 4, 4), "context": 2})
+    if "audio" in accepted:  # waveform segments conditioned on their mel spectrogram
+        options.append({**SMALL[name], **_sized(name)})
     return options
 
 
@@ -190,7 +196,7 @@ def test_preset_follows_default_dtype(name, default_dtype):
         for dtype in (default_dtype, OTHER[default_dtype]):
             flow = flow.to(dtype)
             assert not wrong_dtypes(flow, dtype), (opts, wrong_dtypes(flow, dtype))
-            c = opts.get("context", 0)
+            c = flow.context_features  # an audio preset is always conditional
             context = torch.randn(3, c, dtype=dtype) if c else None
             with torch.no_grad():
                 x = flow.sample(3) if context is None else flow.sample(1, context)[0]
