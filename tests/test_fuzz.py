@@ -201,7 +201,9 @@ def corrupt(x: torch.Tensor, how: tuple) -> object:
         if how[1] == "rank-":
             return x.reshape(-1)
         if how[1] == "rank+":
-            return x[..., None]
+            # A trailing axis wider than the last one: (batch, d, 1) or (batch, d, d) can be
+            # the valid (sample, batch, *event) form (Flow.log_prob broadcasts leading axes).
+            return x[..., None].expand(*x.shape, x.shape[-1] + 1) if x.dim() else x[None]
         return x.new_tensor(1.0)
     if how[1] == "other":
         return x.to(torch.float64 if x.dtype == torch.float32 else torch.float32)
