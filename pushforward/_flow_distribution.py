@@ -129,8 +129,11 @@ class FlowDistribution(Distribution):
 
     # -- density ------------------------------------------------------------------------------
     def log_prob(self, value: Tensor) -> Tensor:
-        """``log p(value)``; ``value`` is ``(*sample_shape, *batch_shape, *event_shape)`` (its
-        leading dimensions broadcast against ``batch_shape``), the result drops the event."""
+        """``log p(value)``, the event dimensions summed out.
+
+        ``value`` is ``(*sample_shape, *batch_shape, *event_shape)``; its leading dimensions
+        broadcast against ``batch_shape``.
+        """
         if not isinstance(value, Tensor):
             raise TypeError(f"FlowDistribution.log_prob: value must be a torch.Tensor, got "
                             f"{type(value).__name__}")

@@ -95,4 +95,5 @@ class ContextStandardization(nn.Module):
         return (context - self.loc) / self.scale
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"shape={tuple(self.loc.shape)}"

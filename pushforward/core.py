@@ -140,8 +140,11 @@ class Transform(nn.Module):
         return view if view is not None else Inverse(self)
 
     def _require_torch_func(self) -> None:
-        """Raise ``NotImplementedError`` if a module of this transform (itself included)
-        declares ``supports_torch_func = False``."""
+        """Refuse ``torch.func`` where a module of this transform cannot run under it.
+
+        Raises ``NotImplementedError`` if a module (itself included) declares
+        ``supports_torch_func = False``.
+        """
         for module in self.modules():
             if getattr(module, "supports_torch_func", True) is False:
                 name = type(module).__name__
@@ -165,10 +168,12 @@ class Transform(nn.Module):
         """Raise ``ValueError`` if ``z`` is outside the domain of the forward map."""
 
     def _inside_x(self, x: Tensor) -> Tensor | None:
-        """Which rows of ``x`` lie in the domain of the inverse: a bool ``(batch,)`` mask, or
-        None when the domain is the whole space. ``Flow.log_prob`` gives ``−inf`` (density zero)
-        outside it; a transform with a bounded domain (``Sigmoid``) overrides this together with
-        ``_check_x``."""
+        """Which rows of ``x`` lie in the domain of the inverse.
+
+        A bool ``(batch,)`` mask, or None when the domain is the whole space. ``Flow.log_prob``
+        gives ``−inf`` (density zero) outside it; a transform with a bounded domain (``Sigmoid``)
+        overrides this together with ``_check_x``.
+        """
         return None
 
     def _inside_z(self, z: Tensor) -> Tensor | None:
@@ -186,6 +191,7 @@ class Transform(nn.Module):
             _v.check_dtype(context, self, owner, "context")
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         parts = []
         if self.event_shape is not None:
             parts.append(f"event_shape={self.event_shape}")
@@ -215,6 +221,7 @@ class Inverse(Transform):
 
     @property
     def inv(self) -> Transform:
+        """The wrapped transform (``t.inv.inv is t``)."""
         return self.transform
 
     # The public methods (nested, so they do not validate again): a subclass that overrides
@@ -628,16 +635,20 @@ class Flow(nn.Module):
     def rsample(
         self, n: int | Sequence[int], context: Tensor | None = None, temperature: float = 1.0
     ) -> Tensor:
-        """Reparametrised samples, ``(n, *event)`` or ``(n, B, *event)`` with context (``n`` an
-        int or a sample shape)."""
+        """Reparametrised samples, ``(n, *event)`` or ``(n, B, *event)`` with context.
+
+        ``n`` is an int or a sample shape.
+        """
         return self.rsample_and_log_prob(n, context, temperature)[0]
 
     @torch.no_grad()
     def sample(
         self, n: int | Sequence[int], context: Tensor | None = None, temperature: float = 1.0
     ) -> Tensor:
-        """Samples without gradients, ``(n, *event)`` or ``(n, B, *event)`` with context (``n``
-        an int, or a sample shape as in ``torch.distributions``: ``(*n, [B,] *event)``)."""
+        """Samples without gradients, ``(n, *event)`` or ``(n, B, *event)`` with context.
+
+        ``n`` is an int, or a sample shape as in ``torch.distributions``: ``(*n, [B,] *event)``.
+        """
         return self.rsample_and_log_prob(n, context, temperature)[0]
 
     def distribution(self, context: Tensor | None = None) -> FlowDistribution:

@@ -297,8 +297,11 @@ class MADE(nn.Module):
         return x if self.context is None else x + self.context(context)
 
     def _masked(self) -> tuple[list[Tensor], list[Tensor]]:
-        """``W ⊙ M`` and ``b`` per layer: differentiable when a gradient can flow to them,
-        otherwise cached once per parameter update."""
+        """``W ⊙ M`` and ``b`` per layer.
+
+        Differentiable when a gradient can flow to them, otherwise cached once per parameter
+        update.
+        """
         layers = self.layers
         if torch.is_grad_enabled() and self.flat.requires_grad:
             return [layer.masked_weight() for layer in layers], [layer.bias for layer in layers]

@@ -169,6 +169,12 @@ def plot_sphere_density(flow: Any, latlon: Tensor | np.ndarray, path: str | os.P
     Args:
         flow: a flow on unit vectors in R³.
         latlon: the data as latitude, longitude in degrees ``(N, 2)``.
+        path: the PNG file to write.
+        resolution: grid cells along the longitude (half as many along the latitude).
+        title: the figure's title.
+
+    Returns:
+        The path written.
     """
     from pushforward.data.tabular import latlon_to_unit
 
@@ -198,8 +204,10 @@ def plot_sphere_density(flow: Any, latlon: Tensor | np.ndarray, path: str | os.P
 
 
 def image_grid(images: Tensor | np.ndarray, nrow: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tile images ``(N, C, H, W)`` (values in [0, 1]) into one ``(H', W')`` or ``(H', W', 3)``
-    array."""
+    """Tile images ``(N, C, H, W)`` (values in [0, 1]) into one array.
+
+    The result is ``(H', W')`` (one channel) or ``(H', W', 3)``.
+    """
     images = np.clip(_numpy(images), 0.0, 1.0)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {images.shape}")

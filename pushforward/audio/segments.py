@@ -32,8 +32,10 @@ def dequantize(audio: Tensor, generator: torch.Generator | None = None,
 
 
 class WaveSegments(Dataset):
-    """Random segments of ``samples`` samples of a set of waveforms, dequantised, with their
-    flattened log-mel spectrograms as context.
+    """Random dequantised segments of a set of waveforms, with their log-mel spectrograms.
+
+    Each item is ``samples`` samples of a waveform; its flattened log-mel spectrogram is the
+    context.
 
     Indexing with a tensor of indices (``batch_indexing``) returns ``(x, context)`` of shapes
     ``(B, samples)`` and ``(B, n_mels · (1 + samples // hop))``; every access draws a new

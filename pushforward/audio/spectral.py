@@ -1,5 +1,7 @@
-"""Spectral analysis without torchaudio: STFT magnitudes, a mel filterbank, log-mel
-spectrograms, mel inversion and Griffin-Lim phase reconstruction.
+"""Spectral analysis without torchaudio.
+
+STFT magnitudes, a mel filterbank, log-mel spectrograms, mel inversion and Griffin-Lim phase
+reconstruction.
 
 Everything is ``torch.stft`` / ``torch.istft`` with a periodic Hann window, ``center=True`` and
 reflect padding, so a signal of ``T`` samples has ``1 + T // hop`` frames.

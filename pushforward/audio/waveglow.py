@@ -1,5 +1,6 @@
-"""WaveGlow (Prenger, Valle & Catanzaro, 2019): a flow over raw waveform conditioned on a
-mel spectrogram.
+"""WaveGlow (Prenger, Valle & Catanzaro, 2019).
+
+A flow over raw waveform conditioned on a mel spectrogram.
 
 Normalizing direction (``x`` audio → ``z``): the ``T`` samples are grouped into ``G``-vectors,
 ``a = x.reshape(T/G, G)ᵀ`` of shape ``(G, L)``, ``L = T / G``, divided by a learned per-channel

@@ -66,8 +66,11 @@ def read_images(source: str | os.PathLike) -> tuple[np.ndarray, list[str], int]:
 
 def write_images(images: np.ndarray, names: list[str], kind: int,
                  out: str | os.PathLike) -> list[Path]:
-    """Write ``(N, C, H, W)`` uint8 images as PNG files named ``names`` (or ``00000.png``...)
-    into ``out``; an IDX source also gets its ``images-idx3-ubyte`` file back."""
+    """Write ``(N, C, H, W)`` uint8 images as PNG files into ``out``.
+
+    The files are named ``names`` (or ``00000.png``...); an IDX source also gets its
+    ``images-idx3-ubyte`` file back.
+    """
     from PIL import Image
 
     folder = Path(out)

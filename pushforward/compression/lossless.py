@@ -145,9 +145,11 @@ def _mixture_numpy(params: tuple[Tensor, Tensor, Tensor]) -> tuple[np.ndarray, .
 
 def _windows(weights: np.ndarray, loc: np.ndarray, inv_scale: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Per symbol: the centre ``c`` (rounded mixture mean) and the window radius ``R`` (a power
-    of √2, rounded up, covering ``κ`` scales of every component of weight ≥ 10⁻³ around
-    ``c``)."""
+    """Per symbol.
+
+    The centre ``c`` (rounded mixture mean) and the window radius ``R`` (a power of √2, rounded up,
+    covering ``κ`` scales of every component of weight ≥ 10⁻³ around ``c``).
+    """
     centers = np.rint((weights * loc).sum(1))
     reach = np.abs(loc - centers[:, None]) + _KAPPA / inv_scale
     reach = np.where(weights >= _MIN_WEIGHT, reach, 0.0).max(1)

@@ -179,9 +179,11 @@ def _scaled(params: tuple[Tensor, Tensor, Tensor], step: float
 
 def _code(flow: IntegerFlow, prior: FactorizedPrior | None, step: float, coder: object,
           parts: list[Tensor] | None, count: int) -> list[Tensor]:
-    """Encode ``parts`` (or decode them when None) in the decoder's order: the top part, then
-    each factored-out part; with ``prior=None`` under the flow's own priors, conditioned on the
-    kept channels rebuilt from the quantised latent (as the decoder sees them)."""
+    """Encode ``parts`` (or decode them when None) in the decoder's order.
+
+    The top part, then each factored-out part; with ``prior=None`` under the flow's own priors,
+    conditioned on the kept channels rebuilt from the quantised latent (as the decoder sees them).
+    """
     with _deterministic(flow) as model:
         base = model.base
         ms = model.transform
@@ -216,8 +218,9 @@ def _code(flow: IntegerFlow, prior: FactorizedPrior | None, step: float, coder: 
 
 def encode_lossy(flow: IntegerFlow, prior: FactorizedPrior | None,
                  images: Tensor | np.ndarray, step: float) -> bytes:
-    """Code ``q = ⌊f⁻¹(x)/Δ⌉`` and return the stream (it records ``Δ`` and the CRC32 of the
-    reconstruction the decoder must produce).
+    """Code ``q = ⌊f⁻¹(x)/Δ⌉`` and return the stream.
+
+    The stream records ``Δ`` and the CRC32 of the reconstruction the decoder must produce.
 
     Args:
         flow: a trained image IDF.

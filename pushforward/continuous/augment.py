@@ -112,8 +112,10 @@ class AugmentedFlow(Flow):
         self.data_transform = data_transform
 
     def wrap_data(self, layers: list[Transform]) -> AugmentedFlow:
-        """A copy-free view of this flow with ``layers`` appended on the data side (shares
-        every module; used by ``Flow.prepend``)."""
+        """A copy-free view of this flow with ``layers`` appended on the data side.
+
+        It shares every module; used by ``Flow.prepend``.
+        """
         if not layers:
             return self
         current = [] if self.data_transform is None else [self.data_transform]
@@ -210,6 +212,7 @@ class AugmentedFlow(Flow):
         return self.rsample_and_log_prob(n, context, temperature)
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"features={self.features}, augment={self.augment}, samples={self.samples}"
 
 

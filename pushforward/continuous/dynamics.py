@@ -62,6 +62,7 @@ class CNFDynamics:
         return out
 
     def __call__(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The time derivative of the state at ``t`` (counting field evaluations)."""
         if self.solving:
             self.nfe_forward += 1
         else:

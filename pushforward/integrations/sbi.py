@@ -110,6 +110,7 @@ class FlowEstimator(ConditionalDensityEstimator):
             input: ``θ``, ``(sample, batch, *event)`` or ``(batch, *event)``.
             condition: ``x``, ``(batch, *condition)`` or ``(sample, batch, *condition)``; the
                 batch sizes of ``input`` and ``condition`` broadcast (equal, or one of them 1).
+            **kwargs: sbi's extra keywords (ignored).
 
         Returns:
             ``(sample, batch)``.
@@ -148,6 +149,7 @@ class FlowEstimator(ConditionalDensityEstimator):
         Args:
             input: ``θ``, ``(batch, *event)``.
             condition: ``x``, ``(batch, *condition)``.
+            **kwargs: sbi's extra keywords (ignored).
 
         Returns:
             ``(batch,)``.
@@ -160,8 +162,11 @@ class FlowEstimator(ConditionalDensityEstimator):
 
     def sample_and_log_prob(self, sample_shape: Sequence[int], condition: Tensor,
                             **kwargs: Any) -> tuple[Tensor, Tensor]:
-        """Samples and their ``log q`` from one pass: ``(*sample_shape, batch, *event)`` and
-        ``(*sample_shape, batch)`` (reparametrised: gradients reach the flow)."""
+        """Samples and their ``log q`` from one pass.
+
+        ``(*sample_shape, batch, *event)`` and ``(*sample_shape, batch)`` (reparametrised:
+        gradients reach the flow).
+        """
         return self.flow.rsample_and_log_prob(tuple(sample_shape),
                                               self._batched_condition(condition))
 
@@ -238,8 +243,9 @@ def _width(embedding: nn.Module, batch_x: Tensor) -> int:
 def estimator(preset: str, batch_theta: Tensor, batch_x: Tensor,
               z_score_theta: str | None = "independent", z_score_x: str | None = "independent",
               embedding_net: nn.Module | None = None, **options: Any) -> FlowEstimator:
-    """Build the estimator ``q(θ | x)`` for training data ``(θ, x)`` (what ``build``'s builder
-    does when sbi calls it).
+    """Build the estimator ``q(θ | x)`` for training data ``(θ, x)``.
+
+    This is what ``build``'s builder does when sbi calls it.
 
     Args:
         preset: a registered conditional preset (``"nsf"``, ``"maf"``, ``"realnvp"``, ...).

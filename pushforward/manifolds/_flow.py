@@ -1,5 +1,8 @@
-"""Shared plumbing of the manifold flows (private): shape ``(n,)``, manifold validation of both
-sides, and an optional context network producing per-sample parameter offsets."""
+"""Shared plumbing of the manifold flows (private).
+
+Shape ``(n,)``, manifold validation of both sides, and an optional context network producing
+per-sample parameter offsets.
+"""
 
 from __future__ import annotations
 
@@ -44,5 +47,6 @@ class ManifoldFlow(Transform):
         self.manifold.validate(z, owner=type(self).__name__)
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         extra = f", context_features={self.context_features}" if self.context_features else ""
         return f"n={self.n}{extra}"

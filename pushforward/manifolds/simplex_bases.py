@@ -62,6 +62,7 @@ class Dirichlet(BaseDistribution):
         return self.log_concentration.exp()
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """``log p(z)`` of points on the manifold, ``(batch,)`` (w.r.t. its volume)."""
         if _v.is_validating():
             _v.check_tensor(z, self.event_shape, "Dirichlet.log_prob", "z")
             self.simplex.validate(z, owner="Dirichlet.log_prob")
@@ -70,10 +71,12 @@ class Dirichlet(BaseDistribution):
         return norm + (torch.log(z) * (alpha - 1)).sum(-1)
 
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """``n`` points drawn on the manifold, ``(n, ambient dimension)``."""
         dist = torch.distributions.Dirichlet(self.concentration)
         return _clean(dist.rsample((_count(n),)))
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"n={self.simplex.n}"
 
 
@@ -91,15 +94,18 @@ class UniformSimplex(BaseDistribution):
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """``log p(z)`` of points on the manifold, ``(batch,)`` (w.r.t. its volume)."""
         if _v.is_validating():
             _v.check_tensor(z, self.event_shape, "UniformSimplex.log_prob", "z")
             self.simplex.validate(z, owner="UniformSimplex.log_prob")
         return z.new_full((z.shape[0],), math.lgamma(self.simplex.n))
 
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """``n`` points drawn on the manifold, ``(n, ambient dimension)``."""
         e = -torch.log(torch.rand(_count(n), self.simplex.n, dtype=self._anchor.dtype,
                                   device=self._anchor.device).clamp(min=1e-300))
         return _clean(e / e.sum(-1, keepdim=True))
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"n={self.simplex.n}"

@@ -56,7 +56,7 @@ class Sphere:
         return math.log(2) + 0.5 * self.n * math.log(math.pi) - math.lgamma(0.5 * self.n)
 
     def project(self, z: Tensor) -> Tensor:
-        """``π(z) = z / ‖z‖`` (idempotent on ``ℝⁿ \\ {0}``)."""
+        r"""``π(z) = z / ‖z‖`` (idempotent on ``ℝⁿ \ {0}``)."""
         return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
 
     def tangent_basis(self, x: Tensor) -> Tensor:

@@ -26,8 +26,10 @@ __all__ = ["UniformSphere", "VonMisesFisher", "VonMisesFisherMixture", "sample_v
 
 
 def _count(n: object) -> int:
-    """A sample count, checked as everywhere else (TypeError for a non-integer, ValueError
-    for a negative one)."""
+    """A sample count, checked as everywhere else.
+
+    ``TypeError`` for a non-integer, ``ValueError`` for a negative one.
+    """
     return _v.check_count(n, "sample")
 
 
@@ -102,17 +104,20 @@ class UniformSphere(BaseDistribution):
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """``log p(z)`` of points on the manifold, ``(batch,)`` (w.r.t. its volume)."""
         if _v.is_validating():
             _v.check_tensor(z, self.event_shape, "UniformSphere.log_prob", "z")
             self.sphere.validate(z, owner="UniformSphere.log_prob")
         return z.new_full((z.shape[0],), -self.sphere.log_volume)
 
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """``n`` points drawn on the manifold, ``(n, ambient dimension)``."""
         g = torch.randn(_count(n), self.sphere.n, dtype=self._anchor.dtype,
                         device=self._anchor.device)
         return self.sphere.project(g)
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"n={self.sphere.n}"
 
 
@@ -171,6 +176,7 @@ class VonMisesFisher(BaseDistribution):
         return self.log_concentration.exp()
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """``log p(z)`` of points on the manifold, ``(batch,)`` (w.r.t. its volume)."""
         if _v.is_validating():
             _v.check_tensor(z, self.event_shape, "VonMisesFisher.log_prob", "z")
             self.sphere.validate(z, owner="VonMisesFisher.log_prob")
@@ -179,11 +185,13 @@ class VonMisesFisher(BaseDistribution):
         return log_c + kappa * (z @ self.mean.to(z.dtype))
 
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """``n`` points drawn on the manifold, ``(n, ambient dimension)``."""
         n = _count(n)
         mu = self.mean.expand(n, -1)
         return sample_vmf(mu, self.concentration.expand(n))
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"n={self.sphere.n}"
 
 
@@ -245,6 +253,7 @@ class VonMisesFisherMixture(BaseDistribution):
         return torch.softmax(self.logits, -1)
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """``log p(z)`` of points on the manifold, ``(batch,)`` (w.r.t. its volume)."""
         if _v.is_validating():
             _v.check_tensor(z, self.event_shape, "VonMisesFisherMixture.log_prob", "z")
             self.sphere.validate(z, owner="VonMisesFisherMixture.log_prob")
@@ -254,6 +263,7 @@ class VonMisesFisherMixture(BaseDistribution):
         return torch.logsumexp(parts + torch.log_softmax(self.logits.to(z.dtype), -1), dim=-1)
 
     def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """``n`` points drawn on the manifold, ``(n, ambient dimension)``."""
         n = _count(n)
         with torch.no_grad():
             idx = (torch.multinomial(self.weights.detach(), n, replacement=True) if n
@@ -261,4 +271,5 @@ class VonMisesFisherMixture(BaseDistribution):
         return sample_vmf(self.means[idx], self.concentration[idx])
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"n={self.sphere.n}, components={self.logits.numel()}"

@@ -104,8 +104,11 @@ def _apply(z: Tensor, m: Tensor | None, logdet: Tensor | None, b: Tensor | None
 
 def _apply_inverse(x: Tensor, a: Tensor | None, logdet: Tensor | None, b: Tensor | None,
                    s: Tensor | None) -> tuple[Tensor, Tensor]:
-    """:func:`_normalized_affine_inverse`; a shared ``a`` is ``M⁻¹`` ``(n, n)`` (formed once per
-    call from the factors), per-sample matrices ``(batch, n, n)`` are ``M`` (solved)."""
+    """The inverse normalized affine map (:func:`_normalized_affine_inverse`).
+
+    A shared ``a`` is ``M⁻¹`` ``(n, n)`` (formed once per call from the factors); per-sample
+    matrices ``(batch, n, n)`` are ``M`` (solved).
+    """
     if not _shared(a, b):
         return _normalized_affine_inverse(x, a, logdet, b, s)
     z, ladj = normalized_affine_inverse_reference(x, a, b, s)

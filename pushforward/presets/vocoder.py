@@ -1,5 +1,7 @@
-"""The ``vocoder`` preset: WaveGlow over waveform segments, conditioned on their mel spectrogram,
-and the helpers that vocode and score whole utterances.
+"""The ``vocoder`` preset.
+
+WaveGlow over waveform segments, conditioned on their mel spectrogram, and the helpers that vocode
+and score whole utterances.
 
 ``Vocoder(features=T)`` is a ``Flow`` over ``(T,)`` waveform segments with a ``StandardNormal``
 base whose context is the segment's log-mel spectrogram flattened (``n_mels · (1 + T // hop)``

@@ -69,6 +69,7 @@ class _Autoregressive(Transform):
             nn.init.zeros_(last.bias)
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"{super().extra_repr()}, map={self.map!r}"
 
 

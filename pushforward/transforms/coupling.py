@@ -209,6 +209,7 @@ class Coupling(Transform):
         return self._couple(x, context, False)
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         base = super().extra_repr()
         return f"{base}, map={type(self.map).__name__}, transformed={len(self.transformed_index)}"
 

@@ -53,9 +53,11 @@ class IntegerAdditiveMap:
 
 
 class _Scaled(nn.Module):
-    """``output_scale · net(u)`` where the first ``channels`` inputs are multiplied by ``scale``
-    (integers in the hundreds become O(1) network inputs, and O(1) outputs shifts of tens of
-    pixels); a context, appended after them, is left as is."""
+    """``output_scale · net(u)`` with the first ``channels`` inputs multiplied by ``scale``.
+
+    Integers in the hundreds become O(1) network inputs, and O(1) outputs shifts of tens of
+    pixels; a context, appended after them, is left as is.
+    """
 
     def __init__(self, net: nn.Module, channels: int, scale: float,
                  output_scale: float = 1.0) -> None:

@@ -29,8 +29,10 @@ __all__ = ["rational_quadratic_spline", "RationalQuadraticMap"]
 
 
 def _bins(unnormalized: Tensor, minimum: float) -> tuple[Tensor, Tensor]:
-    """Bin sizes ``min + (1 − K·min)·softmax(u)`` as fractions of the interval, and their
-    cumulative sums (the right edges), both ``(…, K)``."""
+    """Bin sizes ``min + (1 − K·min)·softmax(u)`` as fractions of the interval.
+
+    Also their cumulative sums (the right edges); both are ``(…, K)``.
+    """
     bins = unnormalized.shape[-1]
     # softmax written out: torch.softmax over a short last dimension is several times slower
     # on CPU than these elementwise/reduction ops (measured at K = 8).

@@ -202,4 +202,5 @@ class Sylvester(Transform):
         return z, -ladj
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"{super().extra_repr()}, columns={self.columns}, variant={self.variant!r}"

@@ -1,6 +1,7 @@
-"""Video prediction with flows: Moving MNIST made from MNIST digits, a conditional multi-scale
-Glow whose couplings read the encoded past frames (``"video-glow"``), per-frame bits/dim and
-autoregressive rollouts.
+"""Video prediction with flows.
+
+Moving MNIST made from MNIST digits, a conditional multi-scale Glow whose couplings read the
+encoded past frames (``"video-glow"``), per-frame bits/dim and autoregressive rollouts.
 
 Example:
     >>> import numpy as np, pushforward as pf

@@ -126,5 +126,6 @@ class SpatialCoupling(Coupling):
         return out.reshape(batch, c * h * w, self._n_params)[:, self.transformed_index]
 
     def extra_repr(self) -> str:
+        """What ``repr`` shows after the class name."""
         return f"{super().extra_repr()}, context_shape={self.context_shape}, vector={self.vector}"
 

@@ -118,8 +118,10 @@ def bouncing_paths(
 
 
 def _shrink(digits: np.ndarray, size: int) -> np.ndarray:
-    """Digits ``(N, 28, 28)`` → ``(N, size, size)`` by block averaging (28 a multiple of size)
-    or nearest-neighbour sampling otherwise."""
+    """Digits ``(N, 28, 28)`` → ``(N, size, size)``.
+
+    By block averaging when 28 is a multiple of ``size``, nearest-neighbour sampling otherwise.
+    """
     n, rows, cols = digits.shape
     if rows == size and cols == size:
         return digits

@@ -1,5 +1,7 @@
-"""A conditional Glow for next-frame prediction: the past frames, encoded as maps, condition
-every coupling (VideoFlow-style, Kumar et al. 2019), registered as the ``"video-glow"`` preset.
+"""A conditional Glow for next-frame prediction.
+
+The past frames, encoded as maps, condition every coupling (VideoFlow-style, Kumar et al. 2019),
+registered as the ``"video-glow"`` preset.
 
 The raw context of the flow is flat, ``(batch, past·C·H·W + context)``: the ``past`` previous
 frames flattened (oldest first), optionally followed by a plain context vector of width

@@ -1,5 +1,6 @@
-"""From ``uint8`` videos to flow inputs and back: dequantisation, (frame, past) pairs, per-frame
-bits/dim and autoregressive rollouts.
+"""From ``uint8`` videos to flow inputs and back.
+
+Dequantisation, (frame, past) pairs, per-frame bits/dim and autoregressive rollouts.
 
 Scale: a pixel ``v ∈ {0 … 255}`` is the bin ``[v, v + 1)/256 − ½``; training and evaluation
 use ``x = (v + u)/256 − ½`` with ``u ~ U[0, 1)`` (uniform dequantisation), context frames use the
