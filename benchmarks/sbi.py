@@ -36,9 +36,11 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -219,11 +221,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(HERE / "sbi"),
                         help="output stem: STEM.json and STEM.md")
     args = parser.parse_args(argv)
+    args.out = str(Path(args.out).resolve())
     if args.render:
         record = json.loads(Path(args.out).with_suffix(".json").read_text())
         Path(args.out).with_suffix(".md").write_text(table(record["results"], record["command"]))
         return
     torch.set_num_threads(1)
+    os.chdir(tempfile.mkdtemp(prefix="sbi-benchmark-"))  # sbi's TensorBoard logs go to ./sbi-logs
     if args.quick:
         args.seeds, args.samples, args.max_epochs = args.seeds[:1], 500, 5
     command = "python benchmarks/sbi.py " + " ".join(argv if argv is not None else sys.argv[1:])

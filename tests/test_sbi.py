@@ -155,7 +155,8 @@ def _gaussian_linear(d=3):
     return prior, simulate, x_o, true
 
 
-def test_npe_end_to_end_and_checkpoint_round_trip(tmp_path):
+def test_npe_end_to_end_and_checkpoint_round_trip(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # sbi writes its TensorBoard logs to ./sbi-logs
     torch.manual_seed(0)
     prior, simulate, x_o, _ = _gaussian_linear()
     theta = prior.sample((300,))
@@ -187,11 +188,12 @@ def test_npe_end_to_end_and_checkpoint_round_trip(tmp_path):
 
 
 @pytest.mark.slow
-def test_npe_gaussian_linear_c2st_with_2000_simulations():
+def test_npe_gaussian_linear_c2st_with_2000_simulations(tmp_path, monkeypatch):
     """sbi's own accuracy test set-up for NPE (linear Gaussian, 2,000 simulations, C2ST ≤ 0.6)
     with the default pushforward NSF, against the analytic posterior."""
     from sbi.utils.metrics import c2st
 
+    monkeypatch.chdir(tmp_path)  # sbi writes its TensorBoard logs to ./sbi-logs
     torch.manual_seed(0)
     prior, simulate, x_o, true = _gaussian_linear()
     theta = prior.sample((2000,))
