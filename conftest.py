@@ -1,5 +1,8 @@
-"""Doctest collection of the package: modules of an optional extra that is not installed are
-skipped (their tests skip through ``pytest.importorskip``), so ``pytest`` runs without extras."""
+"""Doctest collection of the package without its optional extras.
+
+Modules of an extra that is not installed are skipped (their tests skip through
+``pytest.importorskip``), so ``pytest`` runs without extras.
+"""
 
 import importlib.util
 
