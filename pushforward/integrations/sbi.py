@@ -48,6 +48,7 @@ from pushforward._registry import accepts, names
 from pushforward._registry import build as build_preset
 from pushforward.context import ContextStandardization
 from pushforward.core import Flow
+from pushforward.evaluation import eval_mode
 from pushforward.training.checkpoint import load_checkpoint, read_tensors, write_tensors
 from pushforward.training.checkpoint import save as save_flow
 from pushforward.transforms import Standardization
@@ -226,11 +227,8 @@ def _embedding(z_score_x: str, batch_x: Tensor, embedding_net: nn.Module | None)
 
 def _width(embedding: nn.Module, batch_x: Tensor) -> int:
     """The width the flow's conditioner reads: the embedding's output width."""
-    was_training = embedding.training
-    embedding.eval()
-    with torch.no_grad():
+    with eval_mode(embedding), torch.no_grad():
         out = embedding(batch_x[:2])
-    embedding.train(was_training)
     if out.dim() != 2 or out.shape[0] != batch_x[:2].shape[0]:
         raise ValueError(
             "pushforward.integrations.sbi: the embedding net must map x (batch, "

@@ -11,6 +11,7 @@ bits per dimension of a frame of ``D`` pixels are ``(−log p(x) + D log 256) / 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pushforward.core import Flow
+from pushforward.evaluation import batched_negative_log_likelihood, eval_mode
 
 __all__ = ["dequantize", "centres", "quantize", "FramePairs", "bits_per_frame", "rollout"]
 
@@ -147,17 +149,13 @@ def bits_per_frame(flow: Flow, videos: np.ndarray | Tensor, past: int,
         ``(T − predict_from,)`` bits/dim, one per predicted frame index.
     """
     pairs = FramePairs(videos, past, predict_from, seed)
-    flow_was_training = flow.training
-    flow.eval()
-    dtype = next(flow.parameters()).dtype
-    scores = torch.empty(len(pairs), dtype=torch.float64)
-    for start in range(0, len(pairs), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(pairs)))
-        item = pairs[index]
-        x, ctx = item if past else (item, None)
-        log_p = flow.log_prob(x.to(dtype), None if ctx is None else ctx.to(dtype))
-        scores[index] = log_p.double()
-    flow.train(flow_was_training)
+
+    def batches() -> Iterator[tuple[Tensor, Tensor | None]]:
+        for start in range(0, len(pairs), batch_size):
+            item = pairs[torch.arange(start, min(start + batch_size, len(pairs)))]
+            yield item if past else (item, None)
+
+    scores = -batched_negative_log_likelihood(flow, batches()).double().cpu()
     d = math.prod(pairs.videos.shape[2:])
     bits = (-scores / d + math.log(256.0)) / math.log(2.0)
     n, frames = pairs.videos.shape[0], pairs.videos.shape[1] - int(pairs.index[0, 1])
@@ -189,20 +187,19 @@ def rollout(flow: Flow, context_frames: np.ndarray | Tensor, steps: int, samples
     past = k if past is None else int(past)
     if past > k:
         raise ValueError(f"rollout: the flow reads {past} past frames, {k} were given")
-    flow_was_training = flow.training
-    flow.eval()
     dtype = next(flow.parameters()).dtype
     history = frames[None].expand(samples, -1, -1, -1, -1, -1).reshape(samples * b, k,
                                                                        *frames.shape[2:])
     drawn = []
-    for _ in range(int(steps)):
-        if past:
-            ctx = centres(history[:, history.shape[1] - past:], dtype).reshape(samples * b, -1)
-            x = flow.sample(1, ctx, temperature=temperature)[0]
-        else:
-            x = flow.sample(samples * b, temperature=temperature).to(dtype)
-        frame = quantize(x)
-        drawn.append(frame)
-        history = torch.cat([history, frame[:, None]], 1)
-    flow.train(flow_was_training)
+    with eval_mode(flow):
+        for _ in range(int(steps)):
+            if past:
+                ctx = centres(history[:, history.shape[1] - past:], dtype).reshape(
+                    samples * b, -1)
+                x = flow.sample(1, ctx, temperature=temperature)[0]
+            else:
+                x = flow.sample(samples * b, temperature=temperature).to(dtype)
+            frame = quantize(x)
+            drawn.append(frame)
+            history = torch.cat([history, frame[:, None]], 1)
     return torch.stack(drawn, 1).reshape(samples, b, int(steps), *frames.shape[2:])
