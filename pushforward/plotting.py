@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pushforward import _validation as _v
+
 __all__ = [
     "plot_history",
     "plot_samples",
@@ -133,15 +135,11 @@ def plot_density(flow: Any, data: Tensor | np.ndarray, path: str | os.PathLike,
     xs = np.linspace(*xlim, resolution)
     ys = np.linspace(*ylim, resolution)
     grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
-    anchor = next((t for t in flow.parameters() if t.is_floating_point()), None)
-    dtype = anchor.dtype if anchor is not None else torch.get_default_dtype()
-    device = anchor.device if anchor is not None else torch.device("cpu")
+    dtype, device = _v.dtype_of(flow), _v.device_of(flow)
     log_p = []
     # Validation off: grid points outside a bounded flow's box (``--bounds``) get a density of
     # about 0 (the sigmoid's inverse clamps them to the edge) instead of raising.
-    from pushforward._validation import validation
-
-    with validation(False):
+    with _v.validation(False):
         for chunk in np.array_split(grid, max(1, len(grid) // 8192)):
             x = torch.as_tensor(chunk, dtype=dtype, device=device)
             log_p.append(flow.log_prob(x).double().cpu().numpy())
@@ -182,11 +180,7 @@ def plot_sphere_density(flow: Any, latlon: Tensor | np.ndarray, path: str | os.P
     lat = np.linspace(-89.5, 89.5, resolution // 2)
     lon = np.linspace(-179.5, 179.5, resolution)
     grid = np.stack(np.meshgrid(lat, lon, indexing="ij"), axis=-1).reshape(-1, 2)
-    anchor = next((t for t in flow.parameters() if t.is_floating_point()), None)
-    dtype = anchor.dtype if anchor is not None else torch.get_default_dtype()
-    x = torch.as_tensor(latlon_to_unit(grid), dtype=dtype)
-    if anchor is not None:
-        x = x.to(anchor.device)
+    x = torch.as_tensor(latlon_to_unit(grid), dtype=_v.dtype_of(flow)).to(_v.device_of(flow))
     x = x / x.norm(dim=1, keepdim=True)
     log_p = torch.cat([flow.log_prob(chunk) for chunk in x.split(8192)]).double().cpu().numpy()
     density = np.exp(log_p).reshape(len(lat), len(lon))

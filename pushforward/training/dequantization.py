@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from pushforward import _validation as _v
 from pushforward.core import Flow
 
 __all__ = ["VariationalDequantization", "dequantized_log_prob"]
@@ -97,7 +98,7 @@ class VariationalDequantization(nn.Module):
         """
         k = _as_levels(k, self.levels)
         batch = k.shape[0]
-        dtype = next(self.parameters()).dtype
+        dtype = _v.dtype_of(self)
         context = (2 * k.to(dtype) / (self.levels - 1) - 1).reshape(batch, -1)
         u, log_q = self.flow.rsample_and_log_prob(samples, context)
         u = u.reshape(samples, batch, *self.shape)
@@ -133,7 +134,7 @@ def dequantized_log_prob(
     k = _as_levels(k, int(levels))
     batch, shape = k.shape[0], tuple(k.shape[1:])
     dims = math.prod(shape)
-    dtype = next(flow.parameters()).dtype
+    dtype = _v.dtype_of(flow)
     kf = k.to(dtype)
     if dequantizer is None:
         u = torch.rand(samples, *k.shape, dtype=dtype, device=k.device)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pushforward import _validation as _v
 from pushforward.core import Flow
 from pushforward.evaluation import batched_negative_log_likelihood, eval_mode
 
@@ -187,7 +188,7 @@ def rollout(flow: Flow, context_frames: np.ndarray | Tensor, steps: int, samples
     past = k if past is None else int(past)
     if past > k:
         raise ValueError(f"rollout: the flow reads {past} past frames, {k} were given")
-    dtype = next(flow.parameters()).dtype
+    dtype = _v.dtype_of(flow)
     history = frames[None].expand(samples, -1, -1, -1, -1, -1).reshape(samples * b, k,
                                                                        *frames.shape[2:])
     drawn = []
