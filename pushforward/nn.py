@@ -131,6 +131,13 @@ class MLP(nn.Sequential):
         return super().forward(x)
 
 
+def _global_hooks() -> bool:
+    """Whether global module forward hooks are registered (they must see every call)."""
+    from torch.nn.modules import module as _module
+
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
+
+
 def _stack_plan(layers: Sequence[nn.Module], context: nn.Module | None = None) -> _Plan:
     """Slots of the flat parameter for each layer of a ReLU stack (see ``pushforward.fused``)."""
     slots = []
@@ -330,12 +337,14 @@ class MADE(nn.Module):
             bound: the map's clamp ``B`` (None: none).
 
         Returns:
-            ``z`` and ``ladj`` ``(batch,)``, or None where the fast path does not apply (the
-            caller then uses the general path).
+            ``z`` and ``ladj`` ``(batch,)``, or None where the fast path does not apply
+            (another map width, the general path's conditions, forward hooks on the MADE):
+            the caller then calls the MADE and the map.
         """
         context = self._checked(context)
-        if self.params != 2 or not self._fast(x, context):
-            return None
+        if (self.params != 2 or not self._fast(x, context) or self._forward_hooks
+                or self._forward_pre_hooks or _global_hooks()):
+            return None  # hooks on the MADE must see its call: the general path makes it
         plan = self._plan
         plan.masks = [layer.mask for layer in self.layers]
 
