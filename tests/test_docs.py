@@ -80,24 +80,8 @@ def test_every_public_name_has_a_docstring():
     assert _hooks().missing_docstrings() == []
 
 
-# Public names whose docstrings lack Args/Returns, in modules other people were editing when this
-# test was written (issue 20). The list may only shrink: an entry that is fixed fails the test
-# until it is removed here, and a new public name must be complete.
-KNOWN_INCOMPLETE = {
-    "pushforward.fit: no Args for min_lr_ratio",
-    "pushforward.fit: no Args for plateau_patience",
-    "pushforward.fit: no Args for plateau_factor",
-    "pushforward.History: no Args for best_val_nll",
-    "pushforward.History: no Args for best_step",
-    "pushforward.training.regularization: no Args for flow",
-    "pushforward.training.regularization: no Returns",
-}
-
-
 def test_public_docstrings_have_args_and_returns():
-    problems = set(_hooks().incomplete_docstrings())
-    assert problems - KNOWN_INCOMPLETE == set(), "incomplete docstrings (Args/Returns)"
-    assert KNOWN_INCOMPLETE - problems == set(), "fixed: remove these from KNOWN_INCOMPLETE"
+    assert sorted(_hooks().incomplete_docstrings()) == [], "incomplete docstrings (Args/Returns)"
 
 
 def test_preset_tables_are_current():

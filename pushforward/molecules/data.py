@@ -30,6 +30,12 @@ def heavy_atom_count(smiles: str) -> int:
 
     Exact for SMILES whose hydrogens are implicit or inside brackets (as in MOSES).
 
+    Args:
+        smiles: a SMILES string.
+
+    Returns:
+        The number of atoms other than hydrogen.
+
     Example:
         >>> heavy_atom_count("Clc1ccc[nH]1")
         6

@@ -29,7 +29,8 @@ class History:
         step_nll: training NLL of every step taken (skipped steps excluded).
         epoch_step: the step at the end of each entry of ``train_nll``.
         lr: learning rate at the end of each epoch.
-        best_val_nll, best_step: the best validation and when (None without ``val``).
+        best_val_nll: the best validation NLL (None without ``val``).
+        best_step: the step after which it was measured (None without ``val``).
         steps: optimisation steps completed (skipped ones included).
         skipped_steps: steps skipped for a non-finite loss or gradient.
         stopped_early: early stopping ended training.

@@ -32,7 +32,14 @@ COUPLINGS = ("ot", "independent")
 
 
 def regularization(flow: nn.Module) -> Tensor | None:
-    """Sum of ``m.regularization()`` over the modules of ``flow`` that define it (None if none)."""
+    """Sum of ``m.regularization()`` over the modules of ``flow`` that define it.
+
+    Args:
+        flow: the model; its own ``regularization`` (if any) is not counted, only its submodules'.
+
+    Returns:
+        The summed penalty (a differentiable scalar), or None when no submodule defines one.
+    """
     total = None
     for module in flow.modules():
         method = getattr(module, "regularization", None)
