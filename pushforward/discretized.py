@@ -93,10 +93,13 @@ def discretized_mixture_sample(
 ) -> Tensor:
     """Integer draws from the mixture with parameters ``(*S, K)``; returns shape ``S``.
 
-    A component ``j ~ Cat(softmax(logits))``, then ``⌊μ_j + s_j·T·log(u/(1−u))⌉`` (``T`` the
-    temperature, 1 for exact samples).
+    A component ``j ~ Cat(softmax(logits))`` by the Gumbel-max trick
+    (``j = argmax_k logits_k − log(−log u_k)``: no value checks, so it runs on any device), then
+    ``⌊μ_j + s_j·T·log(u/(1−u))⌉`` (``T`` the temperature, 1 for exact samples).
     """
-    choice = torch.distributions.Categorical(logits=logits).sample().unsqueeze(-1)
+    tiny = torch.finfo(logits.dtype).tiny
+    gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp(tiny, 1 - 1e-7)))
+    choice = (logits + gumbel).argmax(-1, keepdim=True)
     mu = loc.gather(-1, choice).squeeze(-1)
     s = log_scale.gather(-1, choice).squeeze(-1).exp()
     u = torch.rand_like(mu).clamp(1e-12, 1 - 1e-12)

@@ -13,7 +13,11 @@ from hypothesis import strategies as st
 
 import pushforward as pf
 from pushforward.diagnostics import check_transform
-from pushforward.discretized import DiscretizedLogistic, discretized_mixture_log_prob
+from pushforward.discretized import (
+    DiscretizedLogistic,
+    discretized_mixture_log_prob,
+    discretized_mixture_sample,
+)
 from pushforward.transforms import IntegerCoupling, coupling_mask
 
 pytest.importorskip("constriction")
@@ -320,3 +324,15 @@ def test_compression_examples_quick(tmp_path):
     lossy_results = modules["lossy_compression"].main(["--quick", "--out", str(tmp_path),
                                                        "--datasets", "digits"])
     assert len(lossy_results[0]["flow"]) == 4 and (tmp_path / "lossy.png").is_file()
+
+
+def test_mixture_sample_draws_components_by_their_weights():
+    torch.manual_seed(0)
+    weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
+    shape = (20000, 3)
+    logits = weights.log().expand(shape)
+    loc = torch.tensor([0.0, 100.0, 200.0], dtype=torch.float64).expand(shape)
+    x = discretized_mixture_sample(logits, loc, torch.full(shape, -3.0, dtype=torch.float64))
+    frequencies = torch.stack([(x - m).abs().lt(20).double().mean() for m in (0, 100, 200)])
+    torch.testing.assert_close(frequencies, weights, atol=0.015, rtol=0)
+    assert torch.equal(x, x.round())

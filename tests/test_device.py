@@ -79,8 +79,6 @@ META_PRESET_EXCEPTIONS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("nsf", "sample"): _ORDER,
     ("planar", "log_prob"): META_EXCEPTIONS[("Planar*", "inverse")],
     ("sylvester", "log_prob"): META_EXCEPTIONS[("Sylvester*", "inverse")],
-    ("idf", "sample"): ("pushforward/discretized.py", "discretized_mixture_sample",
-                        "a Categorical draw (torch.distributions validates the logits' values)"),
 }
 # Host-side values made on the CPU on purpose (no device synchronisation):
 # (file, function, operation prefix).
