@@ -234,3 +234,21 @@ def test_rng_and_optimizer_state_round_trip(tmp_path):
     wrong = torch.optim.Adam([torch.nn.Parameter(torch.randn(4))])
     with pytest.raises(ValueError, match="shape"):
         ckpt.set_optimizer_state(wrong, read, record["groups"])
+
+
+def test_a_flow_with_a_context_embedding_saves_and_loads_with_its_network(tmp_path):
+    def net() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 3))
+
+    torch.manual_seed(0)
+    flow = pf.flows.build("maf", features=2, context=3, transforms=2, hidden=(8,),
+                          embedding=net()).eval()
+    x, context = torch.randn(4, 2), torch.randn(4, 2, 5)
+    folder = pf.save(flow, tmp_path / "model")
+    with pytest.raises(ValueError, match="embedding network"):
+        pf.load(folder)
+    clone = pf.load(folder, embedding=net())  # fresh weights, replaced by the saved ones
+    torch.testing.assert_close(clone.log_prob(x, context), flow.log_prob(x, context))
+    plain = pf.save(pf.flows.build("maf", features=2, transforms=1), tmp_path / "plain")
+    with pytest.raises(ValueError, match="without one"):
+        pf.load(plain, embedding=net())

@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
-from torch import Tensor
+from torch import Tensor, nn
 
 from pushforward import _validation as _v
 from pushforward._registry import build, config_of
@@ -163,6 +163,8 @@ def _model_config(flow: Flow, extra: dict[str, Any] | None) -> dict[str, Any]:
     record = config_of(flow)
     config = {"format": FORMAT, "version": VERSION, **(extra or {}), **record,
               "dtype": str(_v.dtype_of(flow)).replace("torch.", "")}
+    if getattr(flow, "embedding", None) is not None:
+        config["embedding"] = type(flow.embedding).__name__  # its weights are in the state
     try:
         json.dumps(config, allow_nan=False)
     except (TypeError, ValueError) as error:
@@ -193,7 +195,9 @@ def save(flow: Flow, path: str | os.PathLike, extra: dict[str, Any] | None = Non
 
     Args:
         flow: a flow built by a registered preset (``flow.config`` records how to rebuild it),
-            possibly wrapped with pre-processing layers (``flow.prepend``).
+            possibly wrapped with pre-processing layers (``flow.prepend``). A context
+            ``embedding`` network is saved with its weights; its architecture is code, so
+            ``load`` needs it again (``pf.load(path, embedding=net)``).
         path: the output folder.
         extra: extra JSON keys for ``config.json``.
 
@@ -242,10 +246,33 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def rebuild(config: dict[str, Any]) -> Flow:
-    """Build the (untrained) flow a config describes, pre-processing layers included."""
+def rebuild(config: dict[str, Any], embedding: nn.Module | None = None) -> Flow:
+    """Build the (untrained) flow a config describes, pre-processing layers included.
+
+    Args:
+        config: a checkpoint config (``read_config``).
+        embedding: the context embedding network, when the config records one.
+
+    Returns:
+        The flow, in the config's dtype.
+
+    Raises:
+        ValueError: the config cannot rebuild a flow, or ``embedding`` does not match the config.
+    """
+    saved_with = config.get("embedding")
+    if saved_with is not None and embedding is None:
+        raise ValueError(
+            f"this checkpoint was saved with a context embedding network ({saved_with}); its "
+            "architecture is code, not data: pass a network of the same architecture, "
+            "pf.load(path, embedding=net), and its saved weights are loaded into it"
+        )
+    if saved_with is None and embedding is not None:
+        raise ValueError("embedding= given, but this checkpoint was saved without one")
+    options = dict(config["options"])
+    if embedding is not None:
+        options["embedding"] = embedding
     try:
-        flow = build(config["flow"], **config["options"])
+        flow = build(config["flow"], **options)
     except Exception as error:  # a preset may raise anything on bad options
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"config cannot rebuild flow {config['flow']!r}: {reason}") from None
@@ -277,11 +304,14 @@ def load_state(flow: Flow, state: dict[str, Tensor], source: str) -> None:
     flow.load_state_dict(state, strict=True)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[Flow, dict[str, Any]]:
+def load_checkpoint(
+    path: str | os.PathLike, embedding: nn.Module | None = None
+) -> tuple[Flow, dict[str, Any]]:
     """``load`` that also returns the checkpoint's config (with the CLI's extra keys).
 
     Args:
         path: a folder written by ``save``.
+        embedding: the context embedding network, for a flow saved with one.
 
     Returns:
         ``(flow, config)``: the flow as ``load`` returns it, and the parsed ``config.json``.
@@ -298,18 +328,20 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Flow, dict[str, Any]]:
             f"{folder / CONFIG_FILE} does not match the config stored in {MODEL_FILE} "
             "(edited or from another run)"
         )
-    flow = rebuild(config)
+    flow = rebuild(config, embedding)
     load_state(flow, tensors, str(folder / MODEL_FILE))
     flow.eval()
     flow.config = {k: config[k] for k in ("flow", "options", "preprocess") if k in config}
     return flow, config
 
 
-def load(path: str | os.PathLike) -> Flow:
+def load(path: str | os.PathLike, embedding: nn.Module | None = None) -> Flow:
     """Load a flow saved by ``save`` (never unpickles), in eval mode.
 
     Args:
         path: a folder written by ``save`` (or by ``pushforward train``).
+        embedding: for a flow saved with a context embedding network, a network of the same
+            architecture (its weights come from the checkpoint).
 
     Returns:
         The rebuilt flow with its weights, in eval mode.
@@ -326,7 +358,7 @@ def load(path: str | os.PathLike) -> Flow:
         >>> torch.equal(pf.load(folder).log_prob(x), flow.eval().log_prob(x))
         True
     """
-    return load_checkpoint(path)[0]
+    return load_checkpoint(path, embedding)[0]
 
 
 # -- RNG and optimiser state (used by fit) -------------------------------------------------------
