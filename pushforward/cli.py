@@ -25,10 +25,16 @@ import pushforward.cli_tools  # noqa: F401  (registers sample, eval, check, plot
 from pushforward.cli_base import COMMANDS, CommandError, Parser, command
 from pushforward.cli_config import parse_args
 from pushforward.cli_runs import build_flow
-from pushforward.cli_train import DEFAULT_BATCH, DEFAULT_DATASET, DEFAULT_FLOW, DEFAULT_LR
+from pushforward.cli_train import (
+    DEFAULT_BATCH,
+    DEFAULT_DATASET,
+    DEFAULT_FLOW,
+    DEFAULT_LR,
+    DEFAULT_STEPS,
+)
 
 __all__ = ["main", "command", "build_flow", "DEFAULT_DATASET", "DEFAULT_FLOW", "DEFAULT_BATCH",
-           "DEFAULT_LR"]
+           "DEFAULT_LR", "DEFAULT_STEPS"]
 
 
 _ORDER = ("train", "sample", "eval", "check", "plot", "compress", "decompress", "datasets")
