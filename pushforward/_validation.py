@@ -304,6 +304,6 @@ def dtype_of(module: torch.nn.Module) -> torch.dtype:
 
 def device_of(module: torch.nn.Module) -> torch.device:
     """The device of a module's first parameter or buffer (CPU if it has none)."""
-    for tensor in (*module.parameters(), *module.buffers()):
-        return tensor.device
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device  # lazy: the first tensor, without listing them all
     return torch.device("cpu")

@@ -31,8 +31,9 @@ from torch.utils.data import Dataset, DistributedSampler
 from pushforward import _validation as _v
 from pushforward._validation import NonFiniteResult
 from pushforward.core import Flow
-from pushforward.evaluation import batched_negative_log_likelihood, to_module
+from pushforward.evaluation import batched_negative_log_likelihood
 from pushforward.training import distributed as ddp
+from pushforward.training._tree import frozen
 from pushforward.training.averaging import WeightAverage
 from pushforward.training.history import (
     History,
@@ -228,7 +229,7 @@ def fit(
     params += [p for p in objective.parameters() if p.requires_grad]
     if not params:
         raise ValueError("fit: the flow has no trainable parameters")
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    optimizer = _adam(params, lr, weight_decay)
     average = WeightAverage(flow, decay) if decay > 0 else None
     run = Run(flow, optimizer, Schedule(schedule, lr, steps, warmup, min_lr_ratio,
                                         plateau_patience, plateau_factor), average,
@@ -277,13 +278,18 @@ def fit(
             history.lr.append(optimizer.param_groups[0]["lr"])
         state.epoch_sum, state.epoch_count = 0.0, 0
 
+    dtype, device = _v.dtype_of(flow), _v.device_of(flow)
+
+    def place(t: Tensor) -> Tensor:  # to_module, with the flow's dtype and device read once
+        return t.to(device, dtype) if t.is_floating_point() else t.to(device)
+
     bar = _progress_bar(progress and ddp.is_main() and state.step < steps, steps, state.step)
     smoothed = None
     order: list[int] = []
     order_epoch = -1
     flow.train()
     try:
-        with Signals(handle_signals) as signals:
+        with Signals(handle_signals) as signals, frozen(flow):
             while state.step < steps and not history.stopped_early:
                 if order_epoch != state.epoch:
                     sampler.set_epoch(state.epoch)
@@ -295,7 +301,7 @@ def fit(
                                      else order[start:start + batch_size], dtype=torch.long,
                                      device="cpu")  # host-side index, like the data
                 x, ctx = source.batch(index)
-                x, ctx = to_module(x, flow), None if ctx is None else to_module(ctx, flow)
+                x, ctx = place(x), None if ctx is None else place(ctx)
                 loss, nll = _loss(objective, flow, model, x, ctx)
                 flags = ddp.all_reduce_sum(torch.stack([
                     nll.detach().double(), (~torch.isfinite(loss.detach())).double(),
@@ -345,6 +351,17 @@ def fit(
             bar.close()
         flow.eval()
     return history
+
+
+def _adam(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam with its multi-tensor (``foreach``) update, also on CPU.
+
+    The same update as the per-tensor loop PyTorch picks on CPU, at less cost on small models
+    (a 135k-parameter field: 0.51 ms a step against 0.66 ms on one thread). Not ``fused=True``:
+    its kernel does not bump the parameters' version counters, which caches keyed on them
+    (the fused MADE path) rely on.
+    """
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def _loss(objective: Objective, flow: nn.Module, model: nn.Module, x: Tensor,
