@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from pushforward.training._tree import attribute, submodules
+
 __all__ = ["History", "TrainingDiverged", "function_evaluations", "record_evaluations"]
 
 
@@ -77,12 +79,12 @@ def function_evaluations(flow: nn.Module) -> tuple[int, int] | None:
         The two counts, or None if no module counts evaluations.
     """
     found, forward, backward = False, 0, 0
-    for module in flow.modules():
-        count = getattr(module, "nfe", None)
+    for module in submodules(flow):
+        count = attribute(module, "nfe")
         if module is not flow and isinstance(count, int) and not isinstance(count, bool):
             found = True
             forward += count
-            backward += int(getattr(module, "nfe_backward", 0))
+            backward += int(attribute(module, "nfe_backward") or 0)
     return (forward, backward) if found else None
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from pushforward.core import Flow
+from pushforward.training._tree import attribute, submodules
 
 __all__ = ["Objective", "MaximumLikelihood", "FlowMatching", "make_objective", "OBJECTIVES",
            "COUPLINGS", "ot_pairing"]
@@ -41,8 +42,8 @@ def regularization(flow: nn.Module) -> Tensor | None:
         The summed penalty (a differentiable scalar), or None when no submodule defines one.
     """
     total = None
-    for module in flow.modules():
-        method = getattr(module, "regularization", None)
+    for module in submodules(flow):
+        method = attribute(module, "regularization")
         if module is not flow and callable(method):
             value = method()
             if value is None:
