@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from pushforward import _validation as _v
 from pushforward.core import BaseDistribution
+from pushforward.specs import serializable
 
 __all__ = [
     "discretized_logistic_log_prob",
@@ -106,6 +107,7 @@ def discretized_mixture_sample(
     return torch.round(mu + temperature * s * (torch.log(u) - torch.log1p(-u)))
 
 
+@serializable("discretized-logistic")
 class DiscretizedLogistic(BaseDistribution):
     """A factorised mixture of discretized logistics on ``ℤ^shape`` with learned parameters.
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from pushforward import _validation as _v
 from pushforward.core import BaseDistribution
 from pushforward.nn import MLP
+from pushforward.specs import serializable
 
 __all__ = [
     "BaseDistribution",
@@ -37,6 +38,7 @@ def _gaussian_log_prob(z: Tensor, loc: Tensor, log_scale: Tensor, event_dims: in
     return density.flatten(start_dim=z.dim() - event_dims).sum(-1)
 
 
+@serializable("standard-normal")
 class StandardNormal(BaseDistribution):
     """``N(0, I)`` on ``features`` (an int) or an event ``shape``.
 
@@ -65,6 +67,7 @@ class StandardNormal(BaseDistribution):
         return f"event_shape={self.event_shape}"
 
 
+@serializable("diagonal-normal")
 class DiagonalNormal(BaseDistribution):
     """``N(μ, diag σ²)`` with learnable ``μ`` and ``log σ`` (initialised to 0: standard normal).
 
@@ -92,6 +95,7 @@ class DiagonalNormal(BaseDistribution):
         return f"event_shape={self.event_shape}"
 
 
+@serializable("conditional-diagonal-normal")
 class ConditionalDiagonalNormal(BaseDistribution):
     """``N(μ(c), diag σ(c)²)`` where a network maps the context ``c`` to ``(μ, log σ)``.
 

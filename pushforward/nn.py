@@ -19,6 +19,7 @@ from pushforward.fused import (
     flatten_linears,
     relu_stack,
 )
+from pushforward.specs import serializable
 
 __all__ = ["MLP", "MADE", "MaskedLinear", "ConvNet", "activation", "with_context"]
 
@@ -62,6 +63,7 @@ class _Linear(FlatSlots, nn.Linear):
     """``nn.Linear`` whose weight and bias can move into an owner's flat parameter."""
 
 
+@serializable("mlp")
 class MLP(nn.Sequential):
     """A multi-layer perceptron ``in_features -> hidden... -> out_features``.
 
@@ -164,6 +166,7 @@ def with_context(x: Tensor, context: Tensor | None) -> Tensor:
 # -- MADE: masked autoencoder for distribution estimation -------------------------------------
 
 
+@serializable("masked-linear")
 class MaskedLinear(FlatSlots, nn.Linear):
     """A linear layer with a fixed 0/1 connectivity mask: ``y = (W ⊙ M) x + b``.
 
@@ -213,6 +216,7 @@ def _degrees(features: int, ordering: str | Sequence[int] | Tensor, seed: int) -
     return degrees
 
 
+@serializable("made")
 class MADE(nn.Module):
     """Masked autoencoder: ``params[i]`` depends only on the features generated before ``i``.
 
@@ -470,6 +474,7 @@ class MADE(nn.Module):
 # -- convolutional conditioners (coupling layers on images) ------------------------------------
 
 
+@serializable("conv-net")
 class ConvNet(nn.Module):
     """A small residual conv net ``(B, in, H, W) -> (B, out, H, W)`` (spatial size kept).
 

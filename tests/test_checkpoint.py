@@ -56,9 +56,16 @@ def test_round_trip_float64_and_preprocessing(tmp_path):
     assert again.config["preprocess"][0]["type"] == "standardization"
 
 
-def test_save_refuses_non_preset_and_nan(tmp_path):
-    with pytest.raises(ValueError, match="preset"):
-        save(pf.Flow(pf.transforms.Affine(2), pf.StandardNormal(2)), tmp_path / "a")
+def test_save_refuses_an_unrebuildable_flow_and_nan(tmp_path):
+    class Net(torch.nn.Module):  # a user's conditioner: code, not data
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(1, 2)
+
+    coupling = pf.transforms.Coupling(pf.transforms.coupling_mask(2, "half"), conditioner=Net())
+    with pytest.raises(ValueError, match="Net.*serializable"):
+        save(pf.Flow(coupling, pf.StandardNormal(2)), tmp_path / "a")
+    assert not (tmp_path / "a").exists()
     flow = _flow()
     save(flow, tmp_path)
     before = (tmp_path / "model.safetensors").read_bytes()

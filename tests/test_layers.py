@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1] / "pushforward"
 LAYERS: dict[str, int] = {
     # 0 — core: the change-of-variables engine and what every layer shares
     "pushforward.core": 0,
+    "pushforward._transform": 0,
+    "pushforward._flow": 0,
     "pushforward._validation": 0,
     "pushforward._flow_distribution": 0,
     "pushforward.specs": 0,

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from pushforward.core import Transform
+from pushforward.specs import serializable
 from pushforward.transforms.linear import LULinear
 
 __all__ = ["WaveNet", "WaveGlow"]
@@ -93,6 +94,7 @@ class WaveNet(nn.Module):
         return self.conv_out(skip)
 
 
+@serializable("waveglow")
 class WaveGlow(Transform):
     """WaveGlow over waveforms of ``samples`` samples, conditioned on their log-mel spectrogram.
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from pushforward import _validation as _v
 from pushforward.core import BaseDistribution, Chain, Flow, Transform
 from pushforward.distributions import DiagonalNormal, StandardNormal
+from pushforward.specs import serializable
 
 __all__ = ["AugmentedFlow"]
 
@@ -41,6 +42,7 @@ def _auxiliary(q: str | BaseDistribution, augment: int) -> nn.Module:
     return q
 
 
+@serializable("augmented-flow")
 class AugmentedFlow(Flow):
     """A flow on ``[x, a] ∈ ℝ^{d+k}`` used as a model of ``x ∈ ℝ^d`` (augmented flow / ANODE).
 

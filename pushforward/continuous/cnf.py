@@ -20,9 +20,11 @@ from pushforward.continuous.solvers import (
     check_tolerance,
     default_tolerances,
     solve,
+    solver_settings,
 )
 from pushforward.continuous.traces import NOISES, sample_noise
 from pushforward.core import Transform
+from pushforward.specs import serializable
 
 __all__ = ["CNF", "TRACES"]
 
@@ -74,6 +76,7 @@ def _weight(name: str, value: float) -> float:
     return value
 
 
+@serializable("cnf")
 class CNF(Transform):
     """Continuous normalizing flow: the time-``t1`` map of a neural ODE.
 
@@ -354,29 +357,15 @@ class CNF(Transform):
         ``with cnf.solver(method="rk4", steps=20): x = flow.sample(1000)`` samples with 20
         fourth-order steps (80 field evaluations); ``with cnf.solver(rtol=1e-7, atol=1e-7):``
         tightens the adaptive solver. Arguments left None keep their current value; giving
-        an adaptive ``method`` drops a fixed step count.
+        an adaptive ``method`` drops a fixed step count (``continuous.solvers.solver_settings``,
+        shared with ``SphereCNF``).
 
         Raises:
             ValueError: an unknown method, a non-positive step count or tolerance, a
                 fixed-grid method without steps.
         """
-        saved = (self.method, self.steps, self.rtol, self.atol, self.options)
-        new_method = self.method if method is None else check_method(method)
-        new_steps = _steps(steps) if steps is not None else (
-            None if method is not None and new_method not in FIXED_METHODS else self.steps)
-        options = dict(self.options)
-        if steps is not None:
-            options.pop("step_size", None)
-        self._check_grid(new_method, new_steps, options)
-        self.method, self.steps, self.options = new_method, new_steps, options
-        if rtol is not None:
-            self.rtol = _positive("rtol", rtol)
-        if atol is not None:
-            self.atol = _positive("atol", atol)
-        try:
+        with solver_settings(self, method, steps, rtol, atol):
             yield self
-        finally:
-            self.method, self.steps, self.rtol, self.atol, self.options = saved
 
     def _tolerances(self, dtype: torch.dtype) -> tuple[float, float]:
         rtol, atol = default_tolerances(dtype)

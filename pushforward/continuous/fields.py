@@ -8,12 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from pushforward.nn import activation as make_activation
+from pushforward.specs import serializable
 
 __all__ = ["ConcatSquash", "TimeMLP", "TIME_INPUTS"]
 
 TIME_INPUTS = ("gated", "concat")
 
 
+@serializable("concat-squash")
 class ConcatSquash(nn.Module):
     """A linear layer conditioned on ``h = [t, context]``.
 
@@ -60,6 +62,7 @@ class ConcatSquash(nn.Module):
         return self
 
 
+@serializable("time-mlp")
 class TimeMLP(nn.Module):
     """A multi-layer perceptron vector field ``dz/dt = f(t, z, context)`` on vectors.
 

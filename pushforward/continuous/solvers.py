@@ -9,8 +9,10 @@ requires grad) must then be listed in ``adjoint_params``.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,7 +20,7 @@ from torch import Tensor
 from pushforward._validation import in_torch_func
 
 __all__ = ["solve", "METHODS", "ADAPTIVE_METHODS", "default_tolerances", "check_method",
-           "check_steps", "check_tolerance", "check_grid"]
+           "check_steps", "check_tolerance", "check_grid", "solver_settings"]
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams")
@@ -106,6 +108,56 @@ def _leading_norm(k: int | None) -> Callable[[tuple[Tensor, ...]], Tensor]:
             return torch.stack([s.detach().pow(2).mean().sqrt() for s in state[:k]]).max()
 
     return norm
+
+
+@contextlib.contextmanager
+def solver_settings(
+    flow: Any,
+    method: str | None = None,
+    steps: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> Iterator[None]:
+    """Change a continuous flow's solver inside a ``with`` block; restore it after.
+
+    The body of ``CNF.solver`` and ``SphereCNF.solver``: ``flow`` holds ``method``, ``steps``,
+    ``rtol``, ``atol`` and ``options``. Arguments left None keep their current value; an
+    adaptive ``method`` drops a fixed step count, and ``steps`` replaces an
+    ``options["step_size"]``. Everything is checked before anything changes.
+
+    Args:
+        flow: the continuous transform (its class name starts the error messages).
+        method: a torchdiffeq method (None: keep the current one).
+        steps: equal steps of a fixed-grid method (None: keep, or drop for an adaptive one).
+        rtol: relative tolerance of an adaptive method (None: keep).
+        atol: absolute tolerance of an adaptive method (None: keep).
+
+    Raises:
+        ValueError: an unknown method, a fixed-grid method without steps, a non-positive step
+            count or tolerance.
+    """
+    owner = type(flow).__name__
+    saved = (flow.method, flow.steps, flow.rtol, flow.atol, flow.options)
+    new_method = flow.method if method is None else check_method(method)
+    if steps is not None:
+        new_steps = check_steps(steps, owner)
+    elif method is not None and new_method not in FIXED_METHODS:
+        new_steps = None
+    else:
+        new_steps = flow.steps
+    options = dict(flow.options)
+    if steps is not None:
+        options.pop("step_size", None)
+    check_grid(new_method, new_steps, options, owner)
+    new_rtol = check_tolerance("rtol", rtol, owner)
+    new_atol = check_tolerance("atol", atol, owner)
+    flow.method, flow.steps, flow.options = new_method, new_steps, options
+    flow.rtol = flow.rtol if new_rtol is None else new_rtol
+    flow.atol = flow.atol if new_atol is None else new_atol
+    try:
+        yield
+    finally:
+        flow.method, flow.steps, flow.rtol, flow.atol, flow.options = saved
 
 
 def solve(

@@ -30,6 +30,11 @@ from pushforward.manifolds.volume import (
     tangent_from_projection,
     volume_ratio_reference,
 )
+from pushforward.specs import serializable
+
+# Registered here rather than in sphere_cnf.py, so checkpoints can rebuild hand-built flows.
+serializable("sphere-cnf")(SphereCNF)
+serializable("sphere-field")(SphereField)
 
 __all__ = [
     "log_volume_ratio",

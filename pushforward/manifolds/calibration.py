@@ -32,6 +32,7 @@ from pushforward.manifolds._params import (
     soft_clamp,
 )
 from pushforward.manifolds.spaces import Simplex
+from pushforward.specs import serializable
 
 __all__ = ["Calibration", "GeneralizedCalibration", "compose_calibrations"]
 
@@ -50,6 +51,7 @@ class _SimplexFlow(ManifoldFlow):
         return self.manifold
 
 
+@serializable("calibration")
 class Calibration(_SimplexFlow):
     """Calibration map ``q = softmax(a⁻¹ log p + c)`` with ``a > 0``.
 
@@ -127,6 +129,7 @@ class Calibration(_SimplexFlow):
         return log_p.exp(), -ladj
 
 
+@serializable("generalized-calibration")
 class GeneralizedCalibration(_SimplexFlow):
     """Generalised calibration ``q = softmax(A log p + c)``, ``A 1 = λ 1``, ``A`` invertible.
 

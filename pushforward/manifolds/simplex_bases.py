@@ -18,6 +18,7 @@ from pushforward.core import BaseDistribution
 from pushforward.manifolds._params import as_tensor, initial_dtype
 from pushforward.manifolds.spaces import Simplex
 from pushforward.manifolds.sphere_bases import _count
+from pushforward.specs import serializable
 
 __all__ = ["Dirichlet", "UniformSimplex"]
 
@@ -28,6 +29,7 @@ def _clean(p: Tensor) -> Tensor:
     return p / p.sum(-1, keepdim=True)
 
 
+@serializable("dirichlet")
 class Dirichlet(BaseDistribution):
     """``Dir(α)``: ``log p = log Γ(Σα) − Σ log Γ(α_i) + Σ (α_i − 1) log p_i``, learnable ``α``.
 
@@ -80,6 +82,7 @@ class Dirichlet(BaseDistribution):
         return f"n={self.simplex.n}"
 
 
+@serializable("uniform-simplex")
 class UniformSimplex(BaseDistribution):
     """The uniform distribution on ``Δⁿ⁻¹``: ``log p = log Γ(n) = log (n − 1)!`` (chart measure).
 

@@ -21,6 +21,7 @@ from pushforward.core import BaseDistribution
 from pushforward.manifolds._bessel import vmf_log_normalizer
 from pushforward.manifolds._params import as_tensor, initial_dtype
 from pushforward.manifolds.spaces import Sphere
+from pushforward.specs import serializable
 
 __all__ = ["UniformSphere", "VonMisesFisher", "VonMisesFisherMixture", "sample_vmf"]
 
@@ -90,6 +91,7 @@ def sample_vmf(mean: Tensor, concentration: Tensor) -> Tensor:
     return torch.where(flip, reflected, x)
 
 
+@serializable("uniform-sphere")
 class UniformSphere(BaseDistribution):
     """The uniform distribution on ``𝕊ⁿ⁻¹``: ``log p = −log|𝕊ⁿ⁻¹|`` (``log 4π`` on S²).
 
@@ -121,6 +123,7 @@ class UniformSphere(BaseDistribution):
         return f"n={self.sphere.n}"
 
 
+@serializable("von-mises-fisher")
 class VonMisesFisher(BaseDistribution):
     """The von Mises–Fisher distribution ``p(x) = C_n(κ) exp(κ μᵀx)`` on ``𝕊ⁿ⁻¹``, learnable.
 
@@ -195,6 +198,7 @@ class VonMisesFisher(BaseDistribution):
         return f"n={self.sphere.n}"
 
 
+@serializable("von-mises-fisher-mixture")
 class VonMisesFisherMixture(BaseDistribution):
     """A mixture ``p(x) = Σ_k π_k vMF(x; μ_k, κ_k)`` on ``𝕊ⁿ⁻¹``, all parts learnable.
 

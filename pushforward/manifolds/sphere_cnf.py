@@ -27,6 +27,7 @@ from pushforward.continuous.solvers import (
     check_tolerance,
     default_tolerances,
     solve,
+    solver_settings,
 )
 from pushforward.core import Transform
 from pushforward.manifolds.geodesic import GeodesicPath
@@ -273,22 +274,11 @@ class SphereCNF(Transform):
 
         Raises:
             ValueError: an unknown method, a fixed-grid method without steps, a non-positive
-                step count or tolerance.
+                step count or tolerance (``continuous.solvers.solver_settings``, shared with
+                ``CNF``).
         """
-        saved = (self.method, self.steps, self.rtol, self.atol)
-        new_method = self.method if method is None else check_method(method)
-        new_steps = _steps(steps) if steps is not None else (
-            None if new_method not in FIXED_METHODS else self.steps)
-        _check_grid(new_method, new_steps, self.options)
-        new_rtol = check_tolerance("rtol", rtol, "SphereCNF")
-        new_atol = check_tolerance("atol", atol, "SphereCNF")
-        self.method, self.steps = new_method, new_steps
-        self.rtol = self.rtol if new_rtol is None else new_rtol
-        self.atol = self.atol if new_atol is None else new_atol
-        try:
+        with solver_settings(self, method, steps, rtol, atol):
             yield self
-        finally:
-            self.method, self.steps, self.rtol, self.atol = saved
 
     @property
     def nfe(self) -> int:

@@ -35,6 +35,7 @@ from pushforward.manifolds._params import (
     unball,
 )
 from pushforward.manifolds.spaces import Sphere
+from pushforward.specs import serializable
 
 __all__ = ["NormalizedTranslation", "NormalizedLinear", "NormalizedAffine"]
 
@@ -124,6 +125,7 @@ class _SphericalFlow(ManifoldFlow):
         return self.manifold
 
 
+@serializable("normalized-translation")
 class NormalizedTranslation(_SphericalFlow):
     """Normalised translation on ``𝕊ⁿ⁻¹``: ``x = (z + c) / ‖z + c‖`` with ``‖c‖ < 1``.
 
@@ -173,6 +175,7 @@ class NormalizedTranslation(_SphericalFlow):
         return _apply_inverse(x, None, None, c, s)
 
 
+@serializable("normalized-linear")
 class NormalizedLinear(_SphericalFlow):
     """Normalised linear map on ``𝕊ⁿ⁻¹``: ``x = Mz / ‖Mz‖`` with ``M`` invertible.
 
@@ -219,6 +222,7 @@ class NormalizedLinear(_SphericalFlow):
         return _apply_inverse(x, m, logdet, None, None)
 
 
+@serializable("normalized-affine")
 class NormalizedAffine(_SphericalFlow):
     """Normalised affine map on ``𝕊ⁿ⁻¹``: ``x = (Mz + c) / ‖Mz + c‖`` with ``‖M⁻¹c‖ < 1``.
 

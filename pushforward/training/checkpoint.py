@@ -2,8 +2,10 @@
 
 ``save(flow, dir)`` writes ``model.safetensors`` (weights, plus the flow config and a SHA-256 of
 the tensors in its metadata) and ``config.json`` (the same config, readable). ``load(dir)``
-rebuilds the flow with ``pushforward.flows.build(config["flow"], **config["options"])``, re-adds
-recorded pre-processing layers and loads the weights. Every file is written atomically (a temp
+rebuilds a preset-built flow with ``pushforward.flows.build(config["flow"],
+**config["options"])`` and re-adds recorded pre-processing layers; a flow built by hand from its
+``pushforward.specs`` record, ``config["spec"]`` (``training.records``). Then it loads the
+weights. Every file is written atomically (a temp
 file in the same folder, ``fsync``, ``os.replace``), so a crash mid-write leaves the previous file.
 Loading never unpickles; a corrupt, truncated, tampered, wrong-shape or wrong-config checkpoint
 raises a one-line ``ValueError``.
@@ -15,24 +17,27 @@ of torch / numpy / random, best-so-far weights) is one more self-verifying safet
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
 from torch import Tensor, nn
 
 from pushforward import _validation as _v
 from pushforward._registry import build, config_of
 from pushforward.core import Flow, from_spec
+from pushforward.training.records import flow_record, rebuild_from_record
+from pushforward.training.tensorfile import (
+    FORMAT,
+    VERSION,
+    atomic_write,
+    read_tensors,
+    write_tensors,
+)
 
 __all__ = [
     "save",
@@ -50,125 +55,29 @@ __all__ = [
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "training_state.safetensors"
-FORMAT = "pushforward"
-VERSION = 1
 _MAX_CONFIG_BYTES = 16 * 2**20
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16}
 
 
-# -- atomic files ------------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def _digest(tensors: dict[str, Tensor], meta: str = "") -> str:
-    """SHA-256 of the tensors (names, dtypes, shapes, bytes) and of the JSON record."""
-    h = hashlib.sha256()
-    h.update(meta.encode())
-    for key in sorted(tensors):
-        t = tensors[key].detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def write_tensors(path: str | os.PathLike, tensors: dict[str, Tensor],
-                  meta: dict[str, Any]) -> None:
-    """Atomically write tensors and a JSON record (``meta``) into one safetensors file."""
-    flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    record = json.dumps(meta, sort_keys=True, allow_nan=False)
-    metadata = {
-        "format": FORMAT,
-        "version": str(VERSION),
-        "meta": record,
-        "sha256": _digest(flat, record),
-    }
-    atomic_write(path, _st_save(flat, metadata=metadata))
-
-
-def _header_metadata(data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` record of a safetensors file's header (8-byte length, then JSON)."""
-    size = int.from_bytes(data[:8], "little")
-    if len(data) < 8 or size > len(data) - 8:
-        raise ValueError("truncated header")
-    header = json.loads(data[8 : 8 + size])
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return metadata if isinstance(metadata, dict) else {}
-
-
-def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read a file written by ``write_tensors`` and verify it.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a pushforward safetensors file, truncated, or its contents do not match
-            the recorded checksum.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    data = path.read_bytes()  # one read: tensors and metadata come from the same bytes
-    try:
-        tensors = _st_load(data)
-        metadata = _header_metadata(data)
-    except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"{path} is not a valid safetensors file ({reason})") from None
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} was not written by pushforward (no format record)")
-    if metadata.get("version") != str(VERSION):
-        raise ValueError(f"{path}: unsupported checkpoint version {metadata.get('version')!r}")
-    if metadata.get("sha256") != _digest(tensors, metadata.get("meta", "")):
-        raise ValueError(f"{path}: checksum mismatch, the file is corrupt or was modified")
-    try:
-        meta = json.loads(metadata.get("meta", ""))
-    except json.JSONDecodeError:
-        raise ValueError(f"{path}: its metadata record is not valid JSON") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: its metadata record is not a JSON object")
-    return tensors, meta
-
-
 # -- the model ---------------------------------------------------------------------------------
 def _model_config(flow: Flow, extra: dict[str, Any] | None) -> dict[str, Any]:
-    record = config_of(flow)
+    dtype = _v.dtype_of(flow)
+    if isinstance(getattr(flow, "config", None), dict):  # preset-built: its name and options
+        record = config_of(flow)
+        if getattr(flow, "embedding", None) is not None:
+            record = {**record, "embedding": type(flow.embedding).__name__}  # weights in state
+    else:  # built by hand: the record of its construction (pushforward.specs)
+        record = flow_record(flow, dtype)
     config = {"format": FORMAT, "version": VERSION, **(extra or {}), **record,
-              "dtype": str(_v.dtype_of(flow)).replace("torch.", "")}
-    if getattr(flow, "embedding", None) is not None:
-        config["embedding"] = type(flow.embedding).__name__  # its weights are in the state
+              "dtype": str(dtype).replace("torch.", "")}
     try:
-        json.dumps(config, allow_nan=False)
+        text = json.dumps(config, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise ValueError(f"the checkpoint config is not JSON-serialisable: {error}") from None
+    if len(text) > _MAX_CONFIG_BYTES // 2:  # indented, it must stay under the reading limit
+        raise ValueError(f"the checkpoint config would take {len(text)} bytes (more than "
+                         f"{_MAX_CONFIG_BYTES // 2}): pass large initial tensors as weights")
     return config
 
 
@@ -188,16 +97,21 @@ def state_tensors(flow: Flow) -> dict[str, Tensor]:
 
 
 def save(flow: Flow, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Save a preset-built flow into the folder ``path`` (created if needed).
+    """Save a flow into the folder ``path`` (created if needed).
 
     Writes ``model.safetensors`` then ``config.json``, each atomically. ``extra`` adds JSON keys to
-    the config (the CLI records its dataset and arguments there).
+    the config (the CLI records its dataset and arguments there). A preset-built flow is
+    recorded by its preset's name and options; any other flow by the record of its
+    construction (``pushforward.specs``: every public transform, base distribution,
+    conditioner network and vector field records its constructor's arguments), checked at
+    save time by rebuilding it once.
 
     Args:
         flow: a flow built by a registered preset (``flow.config`` records how to rebuild it),
-            possibly wrapped with pre-processing layers (``flow.prepend``). A context
-            ``embedding`` network is saved with its weights; its architecture is code, so
-            ``load`` needs it again (``pf.load(path, embedding=net)``).
+            possibly wrapped with pre-processing layers (``flow.prepend``), or composed by
+            hand, ``pf.Flow(pf.Chain([...]), base)``, from ``serializable`` classes. A context
+            ``embedding`` network of an unregistered class is saved with its weights; its
+            architecture is code, so ``load`` needs it again (``pf.load(path, embedding=net)``).
         path: the output folder.
         extra: extra JSON keys for ``config.json``.
 
@@ -205,8 +119,20 @@ def save(flow: Flow, path: str | os.PathLike, extra: dict[str, Any] | None = Non
         The folder, as a ``Path``.
 
     Raises:
-        ValueError: the flow was not built by a registered preset, its config is not JSON, or
-            its weights hold NaN/inf (a diverged model is never written over a good one).
+        ValueError: a module of a hand-built flow cannot be rebuilt from a record (an
+            unregistered class: the message names it; register it with
+            ``@pushforward.specs.serializable``), its config is not JSON, or its weights hold
+            NaN/inf (a diverged model is never written over a good one).
+
+    Example:
+        >>> import tempfile, torch, pushforward as pf
+        >>> T = pf.transforms
+        >>> flow = pf.Flow(pf.Chain([T.MaskedAutoregressive(2, hidden=(8,)), T.Reverse(2)]),
+        ...                pf.StandardNormal(2))
+        >>> again = pf.load(pf.save(flow, tempfile.mkdtemp()))
+        >>> x = torch.randn(3, 2)
+        >>> torch.allclose(again.log_prob(x), flow.eval().log_prob(x))
+        True
     """
     folder = Path(path)
     config = _model_config(flow, extra)
@@ -239,8 +165,11 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{file} must hold a JSON object")
     if config.get("format") != FORMAT:
         raise ValueError(f"{file} is not a pushforward checkpoint config")
-    if not isinstance(config.get("flow"), str) or not isinstance(config.get("options"), dict):
-        raise ValueError(f"{file} needs a 'flow' name and an 'options' object")
+    if "spec" in config:
+        if not isinstance(config["spec"], dict) or "flow" in config:
+            raise ValueError(f"{file}: 'spec' must be an object (and comes without 'flow')")
+    elif not isinstance(config.get("flow"), str) or not isinstance(config.get("options"), dict):
+        raise ValueError(f"{file} needs a 'flow' name and an 'options' object, or a 'spec'")
     if config.get("dtype", "float32") not in _DTYPES:
         raise ValueError(f"{file}: unknown dtype {config.get('dtype')!r}")
     return config
@@ -268,6 +197,9 @@ def rebuild(config: dict[str, Any], embedding: nn.Module | None = None) -> Flow:
         )
     if saved_with is None and embedding is not None:
         raise ValueError("embedding= given, but this checkpoint was saved without one")
+    dtype = _DTYPES[config.get("dtype", "float32")]
+    if "spec" in config:  # a flow built by hand
+        return rebuild_from_record(config["spec"], dtype, embedding)
     options = dict(config["options"])
     if embedding is not None:
         options["embedding"] = embedding
@@ -280,7 +212,7 @@ def rebuild(config: dict[str, Any], embedding: nn.Module | None = None) -> Flow:
     if not isinstance(records, list):
         raise ValueError("config 'preprocess' must be a list")
     flow = flow.prepend([from_spec(record) for record in records])
-    return flow.to(_DTYPES[config.get("dtype", "float32")])
+    return flow.to(dtype)
 
 
 def load_state(flow: Flow, state: dict[str, Tensor], source: str) -> None:
@@ -331,7 +263,8 @@ def load_checkpoint(
     flow = rebuild(config, embedding)
     load_state(flow, tensors, str(folder / MODEL_FILE))
     flow.eval()
-    flow.config = {k: config[k] for k in ("flow", "options", "preprocess") if k in config}
+    if "flow" in config:  # preset-built: saving it again uses the preset's record
+        flow.config = {k: config[k] for k in ("flow", "options", "preprocess") if k in config}
     return flow, config
 
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from pushforward.core import Transform
 from pushforward.nn import MADE
+from pushforward.specs import serializable
 from pushforward.transforms import splines as _splines  # noqa: F401  (registers "spline")
 from pushforward.transforms.maps import AffineMap, ElementwiseMap, elementwise_map
 
@@ -73,6 +74,7 @@ class _Autoregressive(Transform):
         return f"{super().extra_repr()}, map={self.map!r}"
 
 
+@serializable("masked-autoregressive")
 class MaskedAutoregressive(_Autoregressive):
     """Masked autoregressive flow layer (MAF): ``x_i = g(z_i; θ_i(x_{<i}, c))``.
 
@@ -129,6 +131,7 @@ class MaskedAutoregressive(_Autoregressive):
         return x, ladj.sum(dim=-1)
 
 
+@serializable("inverse-autoregressive")
 class InverseAutoregressive(_Autoregressive):
     """Inverse autoregressive flow layer (IAF): ``x_i = g(z_i; θ_i(z_{<i}, c))``.
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from pushforward import _validation as _v
 from pushforward.core import Transform
 from pushforward.nn import MLP, ConvNet, with_context
+from pushforward.specs import serializable
 from pushforward.transforms.maps import ElementwiseMap, elementwise_map
 
 __all__ = ["Coupling", "AdditiveCoupling", "AffineCoupling", "coupling_mask", "MASKS"]
@@ -60,6 +61,7 @@ def coupling_mask(shape: int | Sequence[int], kind: str = "half", flip: bool = F
     return ~mask if flip else mask
 
 
+@serializable("coupling")
 class Coupling(Transform):
     """Coupling layer ``x_A = z_A``, ``x_B = τ(z_B; θ(z_A, context))`` (Dinh et al.).
 
@@ -226,6 +228,7 @@ def _as_slice(index: Tensor) -> slice | None:
     return slice(start, start + step * (n - 1) + 1, step)
 
 
+@serializable("additive-coupling")
 class AdditiveCoupling(Coupling):
     """NICE's additive coupling ``x_A = z_A``, ``x_B = z_B + m(z_A)``; ``ladj = 0``.
 
@@ -249,6 +252,7 @@ class AdditiveCoupling(Coupling):
         super().__init__(mask, "additive", width, **options)  # type: ignore[arg-type]
 
 
+@serializable("affine-coupling")
 class AffineCoupling(Coupling):
     """RealNVP's affine coupling ``x_B = z_B ⊙ exp(s(z_A)) + t(z_A)``; ``ladj = Σ s``.
 

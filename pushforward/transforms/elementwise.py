@@ -20,6 +20,7 @@ def _sum_event(values: Tensor) -> Tensor:
     return values.flatten(1).sum(-1) if values.dim() > 1 else values  # (batch,): scalar events
 
 
+@serializable("affine")
 class Affine(Transform):
     """Elementwise affine map ``x = a ⊙ z + b`` with learnable ``a ≠ 0`` and ``b``.
 
@@ -147,6 +148,7 @@ class Sigmoid(Transform):
             )
 
 
+@serializable("box-logit")
 class Logit(Inverse):
     """Unbounded from a box: ``x = logit((z − l)/(h − l))``, the inverse of ``Sigmoid(l, h)``.
 

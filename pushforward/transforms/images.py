@@ -29,6 +29,7 @@ def _image_shape(shape: int | Sequence[int], owner: str) -> tuple[int, int, int]
     return shape  # type: ignore[return-value]
 
 
+@serializable("squeeze")
 class Squeeze(Transform):
     """Space-to-depth: data ``(C, H, W)`` ↔ latent ``(f²C, H/f, W/f)`` (Dinh et al., 2016).
 
@@ -104,6 +105,7 @@ class Flatten(Transform):
         return x.reshape(x.shape[0], *self.latent_shape), x.new_zeros(x.shape[0])
 
 
+@serializable("multiscale")
 class MultiScale(Transform):
     """Multi-scale architecture: after each level, factor half the channels out to the base.
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from pushforward import _validation as _v
 from pushforward.nn import MLP, ConvNet
+from pushforward.specs import serializable
 from pushforward.transforms.coupling import Coupling
 
 __all__ = ["IntegerCoupling", "IntegerAdditiveMap", "round_ste"]
@@ -76,6 +77,7 @@ class _Scaled(nn.Module):
         return out if self.output_scale == 1.0 else out * self.output_scale
 
 
+@serializable("integer-coupling")
 class IntegerCoupling(Coupling):
     """Integer additive coupling: ``x_A = z_A``, ``x_B = z_B + ⌊t(z_A, context)⌉``; ``ladj = 0``.
 

@@ -9,10 +9,12 @@ from torch import Tensor, nn
 
 from pushforward import _validation as _v
 from pushforward.core import Transform
+from pushforward.specs import serializable
 
 __all__ = ["Permutation", "Reverse", "RandomPermutation", "LULinear", "InvertibleConv1x1"]
 
 
+@serializable("permutation")
 class Permutation(Transform):
     """Permute dimension 1 (features, or channels of an image): ``x = z[:, π]``.
 
@@ -42,6 +44,7 @@ class Permutation(Transform):
         return x.index_select(1, self.inverse_perm), x.new_zeros(x.shape[0])
 
 
+@serializable("reverse")
 class Reverse(Permutation):
     """Reverse the order of the features: ``x_i = z_{d−1−i}`` (``ladj = 0``).
 
@@ -54,6 +57,7 @@ class Reverse(Permutation):
         super().__init__(torch.arange(int(features) - 1, -1, -1), shape)
 
 
+@serializable("random-permutation")
 class RandomPermutation(Permutation):
     """A fixed random permutation drawn from ``seed`` (``ladj = 0``).
 
@@ -76,6 +80,7 @@ def _random_rotation(d: int) -> Tensor:
     return q * torch.sign(torch.diagonal(r))
 
 
+@serializable("lu-linear")
 class LULinear(Transform):
     """Invertible linear map ``x = W z + b`` with ``W = P L U`` (Kingma & Dhariwal, 2018).
 
@@ -156,6 +161,7 @@ class LULinear(Transform):
         return z.reshape(y.shape).movedim(-1, 1), -self._ladj(x.shape[0])
 
 
+@serializable("invertible-conv1x1")
 class InvertibleConv1x1(LULinear):
     """Glow's invertible 1×1 convolution on ``(C, H, W)`` images, LU-parametrised.
 

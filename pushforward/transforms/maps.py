@@ -14,6 +14,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from pushforward.specs import serializable
+
 __all__ = [
     "ElementwiseMap",
     "AffineMap",
@@ -47,6 +49,7 @@ class ElementwiseMap(Protocol):
         ...
 
 
+@serializable("affine-map")
 class AffineMap:
     """``x = z · exp(s) + t`` with ``t = −m · exp(s)``, i.e. ``x = (z − m) · exp(s)``.
 
@@ -145,6 +148,7 @@ def _pair(a: Tensor, b: Tensor) -> Tensor:
     return out
 
 
+@serializable("additive-map")
 class AdditiveMap:
     """``x = z + t`` (NICE): ``log|∂x/∂z| = 0``; inverse ``z = x − t``."""
 

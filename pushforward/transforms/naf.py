@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pushforward.specs import serializable
 from pushforward.transforms._roots import newton_attach, solve_increasing
 from pushforward.transforms.autoregressive import MaskedAutoregressive
 from pushforward.transforms.maps import register_map
@@ -19,6 +20,7 @@ _MIN_SLOPE = 1e-3
 _SHIFT = math.log(math.expm1(1.0 - _MIN_SLOPE))  # a = 1 when the raw parameter is 0
 
 
+@serializable("deep-sigmoidal-map")
 class DeepSigmoidalMap:
     """The deep sigmoidal flow (DSF) transformer of NAF, an increasing map of ``ℝ`` onto ``ℝ``.
 
@@ -91,6 +93,7 @@ class DeepSigmoidalMap:
 register_map("sigmoidal", DeepSigmoidalMap)
 
 
+@serializable("neural-autoregressive")
 class NeuralAutoregressive(MaskedAutoregressive):
     """A neural autoregressive flow layer (NAF with the deep sigmoidal transformer).
 

@@ -9,6 +9,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from pushforward.core import Transform
+from pushforward.specs import serializable
 
 __all__ = ["ActNorm", "BatchNorm"]
 
@@ -18,6 +19,7 @@ def _channel_view(param: Tensor, like: Tensor) -> Tensor:
     return param.reshape(1, -1, *([1] * (like.dim() - 2)))
 
 
+@serializable("actnorm")
 class ActNorm(Transform):
     """Per-channel affine map with data-dependent initialisation (Kingma & Dhariwal, 2018).
 
@@ -79,6 +81,7 @@ class ActNorm(Transform):
         return z, -self._ladj(x.shape[0], x)
 
 
+@serializable("batchnorm")
 class BatchNorm(Transform):
     """Batch normalization as a flow layer (Papamakarios et al., 2017), per channel.
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from pushforward import _validation as _v
 from pushforward.core import Transform
 from pushforward.nn import MLP
+from pushforward.specs import serializable
 
 __all__ = ["Planar", "Radial"]
 
@@ -102,6 +103,7 @@ def _planar_root(
     return alpha
 
 
+@serializable("planar")
 class Planar(Transform):
     """Planar flow ``x = z + û · tanh(wᵀz + b)`` (Rezende & Mohamed, 2015).
 
@@ -225,6 +227,7 @@ class Planar(Transform):
         return z, -self._ladj(t, slope)
 
 
+@serializable("radial")
 class Radial(Transform):
     """Radial flow ``x = z + β h(α, r) (z − z₀)``, ``h = 1/(α + r)``, ``r = ‖z − z₀‖``.
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from pushforward._validation import in_torch_func
 from pushforward.core import Transform
+from pushforward.specs import serializable
 
 __all__ = ["ResidualBlock", "LipschitzLinear", "LipSwish"]
 
@@ -137,6 +138,7 @@ class _Residual(nn.Module):
         return x
 
 
+@serializable("residual-block")
 class ResidualBlock(Transform):
     """An invertible residual block: normalizing ``z = x + g(x)``, generative its inverse.
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from pushforward.specs import serializable
 from pushforward.transforms.maps import register_map
 
 __all__ = ["rational_quadratic_spline", "RationalQuadraticMap"]
@@ -178,6 +179,7 @@ def rational_quadratic_spline(
     return outputs, ladj
 
 
+@serializable("rational-quadratic-map")
 class RationalQuadraticMap:
     """Elementwise rational-quadratic spline map with linear tails (the ``"spline"`` map).
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from pushforward.core import Transform
 from pushforward.nn import MLP
+from pushforward.specs import serializable
 from pushforward.transforms._roots import newton_attach, solve_increasing
 
 __all__ = ["Sylvester"]
@@ -21,6 +22,7 @@ _FLOOR = 1e-3
 _ZERO = math.log(math.expm1(1.0 - _FLOOR))  # the raw a for which r_ii r̃_ii = 0
 
 
+@serializable("sylvester")
 class Sylvester(Transform):
     """A Sylvester flow layer (van den Berg et al., 2018).
 

@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pushforward.nn import ConvNet
+from pushforward.specs import serializable
 from pushforward.transforms.coupling import Coupling
 from pushforward.transforms.maps import ElementwiseMap, elementwise_map
 
 __all__ = ["SpatialCoupling"]
 
 
+@serializable("spatial-coupling")
 class SpatialCoupling(Coupling):
     """Image coupling ``x_A = z_A``, ``x_B = τ(z_B; θ(z_A, pool(m), v))`` with context maps ``m``.
 
