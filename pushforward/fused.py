@@ -10,8 +10,10 @@ b_L`` (``M_k = 1`` for a plain MLP; a MADE's context enters the first layer as `
   per-layer keys (``layers.0.weight``, ``0.bias``...), so checkpoints written before and after the
   change load either way.
 * **masked weights materialised once per parameter update**: ``W ⊙ M`` is cached and rebuilt
-  when ``flat``'s version counter moves (an optimiser step, ``load_state_dict``, an in-place
-  init). Editing ``flat.data`` behind autograd's back does not move it; call ``refresh()`` then.
+  when ``flat``'s version counter moves (``load_state_dict``, an in-place init, most optimiser
+  steps) or any ``torch.optim`` optimiser has stepped since (a global step hook: fused Adam
+  updates in place without moving version counters). Editing ``flat.data`` behind autograd's
+  back moves neither; call ``refresh()`` then.
 * **one ``autograd.Function`` per stack** with a written-out backward: the ReLU runs in place on
   the fresh pre-activation buffers, the backward fills one flat gradient buffer whose weight
   slices are ``(gᵀ h) ⊙ M`` (so masked entries never receive a gradient), computed as
@@ -33,12 +35,25 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 __all__ = [
     "fast_path", "fast_path_enabled", "refresh", "FlatSlots", "flatten_linears", "relu_stack",
 ]
 
 _ENABLED = True
+
+# Optimiser steps taken in this process. ``Adam(fused=True)`` (and other fused kernels) write
+# the parameters without moving their version counters, so the cached masked weights are also
+# keyed on this count, which a global post-step hook of ``torch.optim`` advances.
+_STEPS = [0]
+
+
+def _count_step(*_: object) -> None:
+    _STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
 
 
 @contextlib.contextmanager
@@ -186,8 +201,9 @@ class _Plan:
     context weight, detached from autograd: one product with a mask packed like ``flat`` (ones on
     biases and unmasked layers), one split, one view per weight. Without gradients (evaluation,
     sampling) the result is cached for as long as ``flat`` is the same tensor with the same
-    version and storage (an optimiser step, ``load_state_dict`` or an in-place init moves the
-    version; editing ``flat.data`` does not: call ``refresh()`` then).
+    version and storage and no optimiser has stepped (``load_state_dict`` or an in-place init
+    moves the version, every ``torch.optim`` step the step count; editing ``flat.data`` moves
+    neither: call ``refresh()`` then).
     """
 
     def __init__(self, slots: list[tuple[int, torch.Size, int, int]],
@@ -236,7 +252,8 @@ class _Plan:
 
     def weights(self, flat: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
         grad = torch.is_grad_enabled()
-        key = (flat, flat._version, flat.data_ptr(), tuple(id(m) for m in self.masks))
+        key = (flat, flat._version, flat.data_ptr(), _STEPS[0],
+               tuple(id(m) for m in self.masks))
         if grad or self._cache is None or self._key is None or not _same(key, self._key):
             data = flat.detach()
             mask = self.packed_mask(data)
