@@ -34,9 +34,11 @@ class BaseDistribution(nn.Module):
     (the shape of ``z``, the sample count, the temperature, the context of a conditional base,
     while validation is on) and call the subclass's ``_log_prob(z, context) -> (batch,)`` and
     ``_sample(n, context, temperature) -> (n, *event_shape)`` (reparametrised where the family
-    allows). Subclasses declare ``event_shape`` and ``context_features`` and may override
-    ``sample_and_log_prob`` (or ``log_prob`` / ``sample`` themselves, e.g. on a manifold). A
-    conditional base gets one context row per sample: ``context`` is ``(n, context_features)``.
+    allows). A base with a bounded support (a manifold) checks the points of ``log_prob``
+    in ``_check_z(z)``, called here while validation is on, as ``Transform._check_x`` is.
+    Subclasses declare ``event_shape`` and ``context_features`` and may override
+    ``sample_and_log_prob``. A conditional base gets one context row per sample: ``context``
+    is ``(n, context_features)``.
     """
 
     event_shape: Shape
@@ -46,11 +48,14 @@ class BaseDistribution(nn.Module):
         """``log p_0(z)``, shape ``(batch,)``.
 
         Raises:
-            ValueError: ``z`` or the context is wrongly shaped or not finite (validation on).
+            ValueError: ``z`` or the context is wrongly shaped or not finite, or ``z`` lies
+                outside the support (validation on).
         """
         if _v.is_validating():
             owner = type(self).__name__
             _v.check_tensor(z, self.event_shape, f"{owner}.log_prob", "z")
+            if _v.reads_values(z):
+                self._check_z(z)
             if self.context_features:
                 _v.check_context(context, self.context_features, z.shape[0], owner)
         return self._log_prob(z, context)
@@ -70,6 +75,9 @@ class BaseDistribution(nn.Module):
         if self.context_features and _v.is_validating():
             _v.check_context(context, self.context_features, n, owner)
         return self._sample(n, context, temperature)
+
+    def _check_z(self, z: Tensor) -> None:
+        """Raise ``ValueError`` if a point of ``z`` lies outside the support (default: none)."""
 
     def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} implements no log_prob")

@@ -116,9 +116,8 @@ class ConditionalDiagonalNormal(BaseDistribution):
     ) -> None:
         super().__init__()
         self.event_shape = _v.as_shape(shape)
-        if int(context_features) <= 0:
-            raise ValueError(f"context_features must be positive, got {context_features}")
-        self.context_features = int(context_features)
+        self.context_features = _v.check_int(context_features, "ConditionalDiagonalNormal",
+                                             "context_features", type_error=False)
         d = math.prod(self.event_shape)
         self.net = MLP(self.context_features, 2 * d, hidden, zero_last=True)
 

@@ -33,3 +33,20 @@ def test_the_override_is_checked_first_applied_and_restored(make):
     with pytest.raises(RuntimeError), flow.solver(method="rk4", steps=2):
         raise RuntimeError("inside the block")
     assert _settings(flow) == before
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CNF(TimeMLP(2, (4,)), 2),
+    lambda: SphereCNF(3, hidden=(4,)),
+], ids=["CNF", "SphereCNF"])
+def test_fixed_steps_are_exactly_that_many_steps(make):
+    """One grid for both: ``steps=N`` of rk4 is 4·N evaluations, for any N (in float64,
+    ``step_size = 1/49`` made torchdiffeq take 50 steps)."""
+    import torch
+
+    flow = make().double()
+    z = torch.nn.functional.normalize(torch.randn(3, flow.event_shape[0]).double(), dim=-1)
+    for steps in (7, 49):
+        with torch.no_grad(), flow.solver(method="rk4", steps=steps):
+            flow(z)
+        assert flow.nfe == 4 * steps

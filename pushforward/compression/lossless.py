@@ -255,8 +255,7 @@ def encode(flow: IntegerFlow, images: Tensor | np.ndarray, batch_size: int = 256
         True
     """
     flow = _check_flow(flow)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"encode: batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = _v.check_int(batch_size, "encode", "batch_size", type_error=False)
     x, container, dtype, rank = _as_images(flow, images)
     coder = _constriction().stream.queue.RangeEncoder()
     with _deterministic(flow) as model:

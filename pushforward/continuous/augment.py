@@ -94,10 +94,9 @@ class AugmentedFlow(Flow):
         data_transform: Transform | None = None,
     ) -> None:
         super().__init__(transform, base, embedding, context_features)
-        augment = int(getattr(transform, "augment", 0)) if augment is None else int(augment)
+        augment = _v.check_int(getattr(transform, "augment", 0) if augment is None else augment,
+                               "AugmentedFlow", "augment", type_error=False)
         total = self.event_shape
-        if augment < 1:
-            raise ValueError(f"AugmentedFlow: augment must be >= 1, got {augment}")
         if len(total) != 1 or total[0] <= augment:
             raise ValueError(
                 f"AugmentedFlow: the transform acts on {total}, which cannot hold {augment} "
@@ -164,7 +163,7 @@ class AugmentedFlow(Flow):
         if _v.is_validating():
             _v.check_tensor(x, self.event_shape, "AugmentedFlow.log_prob", "x")
         batch = x.shape[0]
-        ctx = self._context(context, batch)
+        ctx = self.embed_context(context, batch)
         outer = x.new_zeros(batch)
         if self.data_transform is not None:
             with _v.validation(False):
@@ -186,7 +185,7 @@ class AugmentedFlow(Flow):
             return y
         ctx = None
         if context is not None:
-            ctx = self._context(context.repeat(y.shape[0], 1), None)
+            ctx = self.embed_context(context.repeat(y.shape[0], 1), None)
         with _v.validation(False):
             x, _ = self.data_transform(y.reshape(-1, self.features), ctx)
         return x.reshape(y.shape)
@@ -219,7 +218,4 @@ class AugmentedFlow(Flow):
 
 
 def _samples(value: int) -> int:
-    k = int(value)
-    if k < 1 or k != value:
-        raise ValueError(f"AugmentedFlow: samples (K) must be a positive integer, got {value}")
-    return k
+    return _v.check_int(value, "AugmentedFlow", "samples (K)", type_error=False)

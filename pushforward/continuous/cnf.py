@@ -19,6 +19,7 @@ from pushforward.continuous.solvers import (
     check_steps,
     check_tolerance,
     default_tolerances,
+    grid_options,
     solve,
     solver_settings,
 )
@@ -56,17 +57,6 @@ def _positive(name: str, value: float | None) -> float | None:
 
 def _steps(value: int | None) -> int | None:
     return check_steps(value, "CNF")
-
-
-class _EqualGrid:
-    """torchdiffeq grid constructor: ``steps`` equal steps between the two ends of ``t``."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def __call__(self, func: object, y0: Tensor, t: Tensor) -> Tensor:
-        return torch.linspace(float(t[0]), float(t[-1]), self.steps + 1, dtype=t.dtype,
-                              device=t.device)
 
 
 def _weight(name: str, value: float) -> float:
@@ -372,11 +362,7 @@ class CNF(Transform):
         return (self.rtol or rtol, self.atol or atol)
 
     def _solver_options(self) -> dict:
-        options = dict(self.options)
-        if self.steps is not None and self.method in FIXED_METHODS:
-            options.pop("step_size", None)
-            options["grid_constructor"] = _EqualGrid(self.steps)
-        return options
+        return grid_options(self.method, self.steps, self.options)
 
     def _solve(
         self, value: Tensor, context: Tensor | None, t0: float, t1: float

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from pushforward import _validation as _v
 from pushforward.nn import activation as make_activation
 from pushforward.specs import serializable
 
@@ -106,13 +107,9 @@ class TimeMLP(nn.Module):
         zero_last: bool = False,
     ) -> None:
         super().__init__()
-        self.features = int(features)
-        self.context_features = int(context_features)
-        if self.features < 1 or self.context_features < 0:
-            raise ValueError(
-                f"TimeMLP: need features >= 1 and context_features >= 0, got {features} and "
-                f"{context_features}"
-            )
+        self.features = _v.check_int(features, "TimeMLP", "features", type_error=False)
+        self.context_features = _v.check_int(context_features, "TimeMLP", "context_features", 0,
+                                             type_error=False)
         widths = [self.features, *(int(h) for h in hidden), self.features]
         cond = 1 + self.context_features
         self.layers = nn.ModuleList(

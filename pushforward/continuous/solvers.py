@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pushforward._validation import in_torch_func
+from pushforward._validation import check_int, in_torch_func
 
 __all__ = ["solve", "METHODS", "ADAPTIVE_METHODS", "default_tolerances", "check_method",
-           "check_steps", "check_tolerance", "check_grid", "solver_settings"]
+           "check_steps", "check_tolerance", "check_grid", "solver_settings", "grid_options"]
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams")
@@ -46,11 +46,7 @@ def check_steps(value: int | None, owner: str) -> int | None:
     Raises:
         ValueError: anything else (the message starts with ``owner``).
     """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: steps must be a positive int or None, got {value!r}")
-    return value
+    return None if value is None else check_int(value, owner, "steps", type_error=False)
 
 
 def check_tolerance(name: str, value: float | None, owner: str) -> float | None:
@@ -108,6 +104,38 @@ def _leading_norm(k: int | None) -> Callable[[tuple[Tensor, ...]], Tensor]:
             return torch.stack([s.detach().pow(2).mean().sqrt() for s in state[:k]]).max()
 
     return norm
+
+
+class _EqualGrid:
+    """torchdiffeq grid constructor: ``steps`` equal steps between the two ends of ``t``."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def __call__(self, func: object, y0: Tensor, t: Tensor) -> Tensor:
+        return torch.linspace(float(t[0]), float(t[-1]), self.steps + 1, dtype=t.dtype,
+                              device=t.device)
+
+
+def grid_options(method: str, steps: int | None, options: dict) -> dict:
+    """The torchdiffeq options of a solve: ``options``, plus ``steps`` equal steps if fixed-grid.
+
+    A grid constructor rather than ``step_size = |t1 − t0| / steps``, whose rounding can add a
+    step of length ~0 (and its field evaluations).
+
+    Args:
+        method: the solver.
+        steps: equal steps of a fixed-grid ``method`` (None: as ``options`` say).
+        options: the flow's extra options (not modified).
+
+    Returns:
+        A new options dict.
+    """
+    options = dict(options)
+    if steps is not None and method in FIXED_METHODS:
+        options.pop("step_size", None)
+        options["grid_constructor"] = _EqualGrid(steps)
+    return options
 
 
 @contextlib.contextmanager

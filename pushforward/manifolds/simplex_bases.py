@@ -13,11 +13,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pushforward import _validation as _v
 from pushforward.core import BaseDistribution
 from pushforward.manifolds._params import as_tensor, initial_dtype
 from pushforward.manifolds.spaces import Simplex
-from pushforward.manifolds.sphere_bases import _count
+from pushforward.manifolds.sphere_bases import _no_temperature
 from pushforward.specs import serializable
 
 __all__ = ["Dirichlet", "UniformSimplex"]
@@ -63,19 +62,20 @@ class Dirichlet(BaseDistribution):
         """``α > 0``, shape ``(n,)``."""
         return self.log_concentration.exp()
 
-    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def _check_z(self, z: Tensor) -> None:
+        self.simplex.validate(z, owner="Dirichlet.log_prob")
+
+    def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         """``log p(z)`` of points on the manifold, ``(batch,)`` (w.r.t. its volume)."""
-        if _v.is_validating():
-            _v.check_tensor(z, self.event_shape, "Dirichlet.log_prob", "z")
-            self.simplex.validate(z, owner="Dirichlet.log_prob")
         alpha = self.concentration.to(z.dtype)
         norm = torch.lgamma(alpha.sum()) - torch.lgamma(alpha).sum()
         return norm + (torch.log(z) * (alpha - 1)).sum(-1)
 
-    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
-        """``n`` points drawn on the manifold, ``(n, ambient dimension)``."""
+    def _sample(self, n: int, context: Tensor | None, temperature: float) -> Tensor:
+        """``n`` points drawn on the manifold, ``(n, ambient dimension)`` (reparametrised)."""
+        _no_temperature("Dirichlet", temperature)
         dist = torch.distributions.Dirichlet(self.concentration)
-        return _clean(dist.rsample((_count(n),)))
+        return _clean(dist.rsample((n,)))
 
     def extra_repr(self) -> str:
         """What ``repr`` shows after the class name."""
@@ -96,16 +96,17 @@ class UniformSimplex(BaseDistribution):
         self.event_shape = (self.simplex.n,)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
-    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def _check_z(self, z: Tensor) -> None:
+        self.simplex.validate(z, owner="UniformSimplex.log_prob")
+
+    def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         """``log p(z)`` of points on the manifold, ``(batch,)`` (w.r.t. its volume)."""
-        if _v.is_validating():
-            _v.check_tensor(z, self.event_shape, "UniformSimplex.log_prob", "z")
-            self.simplex.validate(z, owner="UniformSimplex.log_prob")
         return z.new_full((z.shape[0],), math.lgamma(self.simplex.n))
 
-    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+    def _sample(self, n: int, context: Tensor | None, temperature: float) -> Tensor:
         """``n`` points drawn on the manifold, ``(n, ambient dimension)``."""
-        e = -torch.log(torch.rand(_count(n), self.simplex.n, dtype=self._anchor.dtype,
+        _no_temperature("UniformSimplex", temperature)
+        e = -torch.log(torch.rand(n, self.simplex.n, dtype=self._anchor.dtype,
                                   device=self._anchor.device).clamp(min=1e-300))
         return _clean(e / e.sum(-1, keepdim=True))
 

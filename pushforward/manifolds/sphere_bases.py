@@ -16,7 +16,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from pushforward import _validation as _v
 from pushforward.core import BaseDistribution
 from pushforward.manifolds._bessel import vmf_log_normalizer
 from pushforward.manifolds._params import as_tensor, initial_dtype
@@ -26,12 +25,15 @@ from pushforward.specs import serializable
 __all__ = ["UniformSphere", "VonMisesFisher", "VonMisesFisherMixture", "sample_vmf"]
 
 
-def _count(n: object) -> int:
-    """A sample count, checked as everywhere else.
+def _no_temperature(owner: str, temperature: float) -> None:
+    """The manifold bases define no tempered sampling: only ``temperature=1``.
 
-    ``TypeError`` for a non-integer, ``ValueError`` for a negative one.
+    Raises:
+        ValueError: any other temperature.
     """
-    return _v.check_count(n, "sample")
+    if temperature != 1.0:
+        raise ValueError(f"{owner}.sample: temperature is defined for the Gaussian bases only, "
+                         f"got {temperature}")
 
 
 def sample_vmf(mean: Tensor, concentration: Tensor) -> Tensor:
@@ -105,17 +107,17 @@ class UniformSphere(BaseDistribution):
         self.event_shape = (self.sphere.n,)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
-    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def _check_z(self, z: Tensor) -> None:
+        self.sphere.validate(z, owner="UniformSphere.log_prob")
+
+    def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         """``log p(z)`` of points on the manifold, ``(batch,)`` (w.r.t. its volume)."""
-        if _v.is_validating():
-            _v.check_tensor(z, self.event_shape, "UniformSphere.log_prob", "z")
-            self.sphere.validate(z, owner="UniformSphere.log_prob")
         return z.new_full((z.shape[0],), -self.sphere.log_volume)
 
-    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+    def _sample(self, n: int, context: Tensor | None, temperature: float) -> Tensor:
         """``n`` points drawn on the manifold, ``(n, ambient dimension)``."""
-        g = torch.randn(_count(n), self.sphere.n, dtype=self._anchor.dtype,
-                        device=self._anchor.device)
+        _no_temperature("UniformSphere", temperature)
+        g = torch.randn(n, self.sphere.n, dtype=self._anchor.dtype, device=self._anchor.device)
         return self.sphere.project(g)
 
     def extra_repr(self) -> str:
@@ -178,18 +180,18 @@ class VonMisesFisher(BaseDistribution):
         """``κ > 0``."""
         return self.log_concentration.exp()
 
-    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def _check_z(self, z: Tensor) -> None:
+        self.sphere.validate(z, owner="VonMisesFisher.log_prob")
+
+    def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         """``log p(z)`` of points on the manifold, ``(batch,)`` (w.r.t. its volume)."""
-        if _v.is_validating():
-            _v.check_tensor(z, self.event_shape, "VonMisesFisher.log_prob", "z")
-            self.sphere.validate(z, owner="VonMisesFisher.log_prob")
         kappa = self.concentration.to(z.dtype)
         log_c = vmf_log_normalizer(self.sphere.n, kappa)
         return log_c + kappa * (z @ self.mean.to(z.dtype))
 
-    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+    def _sample(self, n: int, context: Tensor | None, temperature: float) -> Tensor:
         """``n`` points drawn on the manifold, ``(n, ambient dimension)``."""
-        n = _count(n)
+        _no_temperature("VonMisesFisher", temperature)
         mu = self.mean.expand(n, -1)
         return sample_vmf(mu, self.concentration.expand(n))
 
@@ -256,19 +258,19 @@ class VonMisesFisherMixture(BaseDistribution):
         """Mixture weights ``π``, shape ``(K,)``."""
         return torch.softmax(self.logits, -1)
 
-    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def _check_z(self, z: Tensor) -> None:
+        self.sphere.validate(z, owner="VonMisesFisherMixture.log_prob")
+
+    def _log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         """``log p(z)`` of points on the manifold, ``(batch,)`` (w.r.t. its volume)."""
-        if _v.is_validating():
-            _v.check_tensor(z, self.event_shape, "VonMisesFisherMixture.log_prob", "z")
-            self.sphere.validate(z, owner="VonMisesFisherMixture.log_prob")
         kappa = self.concentration.to(z.dtype)
         log_c = vmf_log_normalizer(self.sphere.n, kappa)
         parts = log_c + kappa * (z @ self.means.to(z.dtype).T)
         return torch.logsumexp(parts + torch.log_softmax(self.logits.to(z.dtype), -1), dim=-1)
 
-    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+    def _sample(self, n: int, context: Tensor | None, temperature: float) -> Tensor:
         """``n`` points drawn on the manifold, ``(n, ambient dimension)``."""
-        n = _count(n)
+        _no_temperature("VonMisesFisherMixture", temperature)
         with torch.no_grad():
             idx = (torch.multinomial(self.weights.detach(), n, replacement=True) if n
                    else torch.zeros(0, dtype=torch.long, device=self.logits.device))

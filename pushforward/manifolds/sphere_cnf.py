@@ -20,12 +20,12 @@ from torch import Tensor, nn
 
 from pushforward import _validation as _v
 from pushforward.continuous.solvers import (
-    FIXED_METHODS,
     check_grid,
     check_method,
     check_steps,
     check_tolerance,
     default_tolerances,
+    grid_options,
     solve,
     solver_settings,
 )
@@ -321,9 +321,7 @@ class SphereCNF(Transform):
         rtol, atol = default_tolerances(value.dtype)
         rtol, atol = self.rtol or rtol, self.atol or atol
         try:
-            options = dict(self.options)
-            if self.steps is not None and self.method in FIXED_METHODS:
-                options["step_size"] = abs(t1 - t0) / self.steps
+            options = grid_options(self.method, self.steps, self.options)
             x, ladj = solve(dynamics, (value, value.new_zeros(value.shape[0])), t0, t1,
                             rtol=rtol, atol=atol, method=self.method, options=options,
                             controlled=1)

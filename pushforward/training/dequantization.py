@@ -129,8 +129,7 @@ def dequantized_log_prob(
     Returns:
         ``(batch,)`` lower bounds on ``log P(k)``.
     """
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
+    samples = _v.check_int(samples, "dequantized_log_prob", "samples", type_error=False)
     k = _as_levels(k, int(levels))
     batch, shape = k.shape[0], tuple(k.shape[1:])
     dims = math.prod(shape)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
+from pushforward import _validation as _v
 from pushforward.core import Transform
 from pushforward.nn import MADE
 from pushforward.specs import serializable
@@ -43,10 +44,8 @@ class _Autoregressive(Transform):
         identity_init: bool = False,
         **map_options: object,
     ) -> None:
-        if isinstance(features, bool) or int(features) != features or int(features) < 1:
-            raise ValueError(f"{type(self).__name__}: features must be a positive int, "
-                             f"got {features!r}")
-        super().__init__(int(features), None, context_features)
+        features = _v.check_int(features, type(self).__name__, "features", type_error=False)
+        super().__init__(features, None, context_features)
         if map_options and not isinstance(transformer, str):
             raise TypeError(
                 f"{type(self).__name__}: options {sorted(map_options)} only apply to a map given "

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pushforward import _validation as _v
 from pushforward.specs import serializable
 from pushforward.transforms._roots import newton_attach, solve_increasing
 from pushforward.transforms.autoregressive import MaskedAutoregressive
@@ -45,9 +46,8 @@ class DeepSigmoidalMap:
     """
 
     def __init__(self, components: int = 8) -> None:
-        if int(components) < 1:
-            raise ValueError(f"DeepSigmoidalMap: components must be >= 1, got {components}")
-        self.components = int(components)
+        self.components = _v.check_int(components, "DeepSigmoidalMap", "components",
+                                       type_error=False)
         self.params = 3 * self.components
 
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:

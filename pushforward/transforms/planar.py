@@ -157,9 +157,7 @@ class Planar(Transform):
         *,
         context: int | None = None,
     ) -> None:
-        d = int(features)
-        if d < 1:
-            raise ValueError(f"Planar: features must be >= 1, got {features}")
+        d = _v.check_int(features, "Planar", "features", type_error=False)
         super().__init__(d, context_features=_v.context_width(context_features, context,
                                                                "Planar"))
         self.features = d
@@ -270,9 +268,7 @@ class Radial(Transform):
         *,
         context: int | None = None,
     ) -> None:
-        d = int(features)
-        if d < 1:
-            raise ValueError(f"Radial: features must be >= 1, got {features}")
+        d = _v.check_int(features, "Radial", "features", type_error=False)
         super().__init__(d, context_features=_v.context_width(context_features, context,
                                                                "Radial"))
         self.features = d

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pushforward import _validation as _v
 from pushforward._validation import in_torch_func
 from pushforward.core import Transform
 from pushforward.specs import serializable
@@ -213,8 +214,7 @@ class ResidualBlock(Transform):
             )
         if not 0 < p < 1:
             raise ValueError(f"ResidualBlock: p must be in (0, 1), got {p}")
-        if int(terms) < 1:
-            raise ValueError(f"ResidualBlock: terms must be >= 1, got {terms}")
+        _v.check_int(terms, "ResidualBlock", "terms", type_error=False)
         self.features = int(features)
         self.exact_below = int(exact_below)
         if logdet == "auto":

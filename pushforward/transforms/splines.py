@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from pushforward import _validation as _v
 from pushforward.specs import serializable
 from pushforward.transforms.maps import register_map
 
@@ -44,8 +45,7 @@ def _bins(unnormalized: Tensor, minimum: float) -> tuple[Tensor, Tensor]:
 
 def _check_options(bins: int, bound: float, min_width: float, min_height: float,
                    min_derivative: float) -> None:
-    if bins < 1:
-        raise ValueError(f"rational_quadratic_spline: need at least one bin, got {bins}")
+    _v.check_int(bins, "rational_quadratic_spline", "bins", type_error=False)
     if not bound > 0:
         raise ValueError(f"rational_quadratic_spline: bound must be positive, got {bound}")
     if not 0 <= min_width * bins < 1:

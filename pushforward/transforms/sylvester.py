@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pushforward import _validation as _v
 from pushforward.core import Transform
 from pushforward.nn import MLP
 from pushforward.specs import serializable
@@ -102,9 +103,8 @@ class Sylvester(Transform):
         if variant == "orthogonal":
             self.skew = nn.Parameter(0.1 * torch.randn(d, d))
         elif variant == "householder":
-            k = d if reflections is None else int(reflections)
-            if k < 1:
-                raise ValueError(f"Sylvester: reflections must be >= 1, got {reflections}")
+            k = d if reflections is None else _v.check_int(reflections, "Sylvester",
+                                                           "reflections", type_error=False)
             self.reflections = nn.Parameter(torch.randn(k, d))
         self.r_upper = nn.Parameter(0.1 * torch.randn(m, m))
         self.r_tilde_upper = nn.Parameter(0.1 * torch.randn(m, m))
