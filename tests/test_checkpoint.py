@@ -259,3 +259,21 @@ def test_a_flow_with_a_context_embedding_saves_and_loads_with_its_network(tmp_pa
     plain = pf.save(pf.flows.build("maf", features=2, transforms=1), tmp_path / "plain")
     with pytest.raises(ValueError, match="without one"):
         pf.load(plain, embedding=net())
+
+
+PRE_SPECS = Path(__file__).parent / "fixtures" / "pre_specs"
+
+
+@pytest.mark.parametrize("name", ["maf_standardization", "realnvp_reshape_logit", "nsf_sigmoid",
+                                  "maf_flatten_float64"])
+def test_checkpoints_written_before_the_spec_records_load_unchanged(name):
+    """Preset checkpoints with pre-processing records, written by the code of commit 66a7e42
+    (before hand-built flows could be saved): a preset built with ``pf.flows.build``, random
+    weights, ``flow.prepend([...])``, ``pf.save``; the expected ``log_prob`` came from the flow
+    that was saved."""
+    expected = json.loads((PRE_SPECS / "log_prob.json").read_text())[name]
+    flow = load(PRE_SPECS / name)
+    x = torch.tensor(expected["x"], dtype=getattr(torch, expected["dtype"]))
+    torch.testing.assert_close(flow.log_prob(x),
+                               torch.tensor(expected["log_prob"], dtype=x.dtype))
+    assert "flow" in flow.config and flow.config["preprocess"]
