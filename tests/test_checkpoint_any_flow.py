@@ -326,3 +326,29 @@ def test_forged_specs_are_refused_in_one_line(edit, match, tmp_path):
     with pytest.raises(ValueError, match=match) as info:
         pf.load(tmp_path)
     assert "\n" not in str(info.value)
+
+
+def _preset_params():
+    from test_preset_kit import SLOW, SMALL
+
+    return [pytest.param(n, SMALL.get(n, {}), id=n,
+                         marks=[pytest.mark.slow] if n in SLOW else [])
+            for n in pf.flows.names() if n != "idf"]  # idf's prior shares its flow's MultiScale
+
+
+@pytest.mark.parametrize(("name", "options"), _preset_params())
+def test_every_preset_flow_also_saves_as_a_hand_built_one(name, options, tmp_path):
+    """Without its preset record (``flow.config``) a preset's flow is its constructors' record."""
+    from test_preset_kit import _build, _context, _data, _perturb, _sized
+
+    context = 2 if "context" in pf.flows.accepts(name) else 0
+    flow = _perturb(_build(name, options, context, **_sized(name))).eval()
+    if "audio" in pf.flows.accepts(name):
+        context = flow.context_features
+    del flow.config
+    ctx = _context(context, 3)
+    ctx = None if ctx is None else ctx.float()
+    x = _data(name, flow, 3, ctx)
+    again = _round_trip(flow, tmp_path / name)
+    assert "spec" in json.loads((tmp_path / name / "config.json").read_text())
+    _assert_same(flow, again, x, ctx)
