@@ -35,7 +35,15 @@ def gradient_norm(params: Sequence[Tensor], clip: float | None) -> Tensor:
     Returns:
         The norm before clipping (a 0-d tensor; non-finite if any gradient is).
     """
-    return torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return torch.zeros(())
+    total = torch.nn.utils.get_total_norm([p.grad for p in params])
+    # ``clip_grad_norm_`` multiplies every gradient by min(1, clip / (norm + 1e-6)), a pass over
+    # all of them even when the factor is 1; here only when it is below 1 (same numbers)
+    if clip is not None and clip / (float(total) + 1e-6) < 1.0:
+        torch.nn.utils.clip_grads_with_norm_(params, clip, total)
+    return total
 
 
 class Stepper:
