@@ -86,9 +86,9 @@ def flow_record(flow: Flow, dtype: torch.dtype) -> dict[str, Any]:
         first = next((a, b) for a, b in zip(structure + [["(none)"]], again + [["(none)"]])
                      if a != b)
         raise ValueError(
-            f"cannot save this {type(flow).__name__}: rebuilt from its constructors' arguments "
-            f"it differs ({' '.join(first[0])} vs {' '.join(first[1])}); it was changed after "
-            "it was built: build it in its final form"
+            f"cannot save this {type(flow).__name__}: it was changed after it was built (it has "
+            f"{' '.join(first[0])} where, rebuilt from its constructors' arguments, it has "
+            f"{' '.join(first[1])}); build it in its final form"
         )
     flow.__dict__[_CHECKED] = key
     return entries
