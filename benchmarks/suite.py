@@ -438,6 +438,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="NLL: one run per seed; the table gives the mean and min–max")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("suite.json"))
     cfg = parser.parse_args(argv)
+    if cfg.out.is_dir():  # a folder: the JSON goes inside it (found out before the run, not after)
+        cfg.out = cfg.out / "suite.json"
     torch.set_num_threads(cfg.threads)
     peers = tp.available_peers(cfg.peers)
     impls = ["pushforward", *peers]
