@@ -110,7 +110,7 @@ def fit(
     batch_size: int = 256,
     lr: float | None = None,
     schedule: str | None = "cosine",
-    warmup: int = 0,
+    warmup: int | None = None,
     min_lr_ratio: float = 0.0,
     weight_decay: float = 0.0,
     clip_grad: float | None = 5.0,
@@ -144,12 +144,13 @@ def fit(
         epochs: passes over ``train``; or give ``steps`` (default 1,000 steps if neither).
         steps: optimisation steps in total.
         batch_size: batch size per process.
-        lr: Adam's (peak) learning rate; None: the objective's default (1e-3 for maximum
-            likelihood, 3e-3 for flow matching).
+        lr: Adam's (peak) learning rate; None: the objective's default (maximum likelihood:
+            ``5e-3 · min(1, √(8/D))`` for ``D`` data dimensions; flow matching: 3e-3).
         schedule: ``"cosine"`` (decay to ``min_lr_ratio · lr`` at the last step), ``"plateau"``
             (multiply by ``plateau_factor`` after ``plateau_patience`` stalled validations) or
             None (constant).
-        warmup: linear warm-up steps.
+        warmup: linear warm-up steps; None: the objective's default (maximum likelihood:
+            ``min(100, steps // 10)``; flow matching: none).
         min_lr_ratio: the cosine schedule's final learning rate, as a fraction of ``lr``.
         weight_decay: Adam's L2 penalty.
         clip_grad: maximum global gradient norm (None: no clipping).
@@ -194,7 +195,7 @@ def fit(
     if not isinstance(flow, nn.Module):
         raise TypeError(f"fit: flow must be a pushforward Flow, got {type(flow).__name__}")
     objective = make_objective(objective, coupling)
-    lr = objective.default_lr if lr is None else lr
+    lr = objective.learning_rate(flow) if lr is None else lr
     _check_arguments(objective, lr, clip_grad, resume, checkpoint_dir, {
         "epochs": epochs, "steps": steps, "batch_size": batch_size, "val_every": val_every,
         "patience": patience, "checkpoint_every": checkpoint_every,
@@ -212,6 +213,8 @@ def fit(
     batches_per_epoch = max(1, per_rank // batch_size)
     if steps is None:
         steps = 1000 if epochs is None else epochs * batches_per_epoch
+    if warmup is None:
+        warmup = min(objective.default_warmup, steps // 10)
     if val_every is None and not objective.uses_model_forward:
         # simulation-free steps are cheap next to an exact-likelihood validation pass
         val_every = max(batches_per_epoch, -(-steps // 20))
@@ -285,7 +288,7 @@ def fit(
 
     bar = _progress_bar(progress and ddp.is_main() and state.step < steps, steps, state.step)
     smoothed = None
-    order: list[int] = []
+    order = torch.empty(0, dtype=torch.long, device="cpu")
     order_epoch = -1
     flow.train()
     try:
@@ -294,25 +297,30 @@ def fit(
                 if order_epoch != state.epoch:
                     sampler.set_epoch(state.epoch)
                     with torch.device("cpu"):  # host-side order, whatever the default device
-                        order = list(sampler)
+                        # host-side index, like the data; one tensor per epoch, sliced per step
+                        order = torch.tensor(list(sampler), dtype=torch.long, device="cpu")
                     order_epoch = state.epoch
                 start = state.position * batch_size
-                index = torch.tensor(order if per_rank < batch_size
-                                     else order[start:start + batch_size], dtype=torch.long,
-                                     device="cpu")  # host-side index, like the data
+                index = order if per_rank < batch_size else order[start:start + batch_size]
                 x, ctx = source.batch(index)
                 x, ctx = place(x), None if ctx is None else place(ctx)
                 loss, nll = _loss(objective, flow, model, x, ctx)
-                flags = ddp.all_reduce_sum(torch.stack([
-                    nll.detach().double(), (~torch.isfinite(loss.detach())).double(),
-                    nll.new_tensor(float(signals.received is not None), dtype=torch.float64)]))
-                if stepper.step(loss, state.step, finite=bool(flags[1] == 0),
-                                synchronize=synchronize):
+                if world > 1:
+                    flags = ddp.all_reduce_sum(torch.stack([
+                        nll.detach().double(), (~torch.isfinite(loss.detach())).double(),
+                        nll.new_tensor(float(signals.received is not None),
+                                       dtype=torch.float64)]))
+                    finite, mean_nll = bool(flags[1] == 0), float(flags[0]) / world
+                    interrupted = bool(flags[2] > 0)
+                else:  # one process: the same flags read directly (no stacking, one sync less)
+                    finite = math.isfinite(loss.item())
+                    mean_nll, interrupted = nll.item(), signals.received is not None
+                if stepper.step(loss, state.step, finite=finite, synchronize=synchronize):
                     if average is not None:
                         average.update()
                     if objective.uses_model_forward:
                         record_evaluations(flow, history)
-                    value = float(flags[0]) / world
+                    value = mean_nll
                     history.step_nll.append(value)
                     state.epoch_sum += value
                     state.epoch_count += 1
@@ -336,7 +344,7 @@ def fit(
                         history.stopped_early = True
                 if state.step % checkpoint_every == 0 and not last and not state.bad:
                     save()  # never in the middle of a run of non-finite steps
-                if bool(flags[2] > 0) and not last and not history.stopped_early:
+                if interrupted and not last and not history.stopped_early:
                     history.interrupted = True
                     save()
                     return history
