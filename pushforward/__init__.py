@@ -14,6 +14,7 @@ from pushforward import (
     manifolds,
     molecules,
     nn,
+    specs,
     transforms,
     video,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "diagnostics",
     "flows",
     "nn",
+    "specs",
     "data",
     "training",
     "fit",
