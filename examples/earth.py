@@ -127,6 +127,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for PNG/JSON")
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="first seed; runs of other seeds already in <out>/earth/ are kept")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--quick", action="store_true", help="one dataset, one seed, few steps")
     parser.add_argument("--merge", action="store_true", help="only merge finished seeds")
@@ -142,13 +144,16 @@ def main() -> None:
     options = {"hidden": (32, 32)} if args.quick else {}
     (args.out / "earth").mkdir(exist_ok=True)
     for name in names:
-        runs = []
-        for seed in range(seeds):
+        part = args.out / "earth" / f"{name}.json"
+        first = args.first_seed
+        kept = json.loads(part.read_text())["runs"] if part.exists() and first else []
+        runs = [r for r in kept if not first <= r["seed"] < first + seeds]
+        for seed in range(first, first + seeds):
             record, flow = run(name, args.data, seed, steps, options)
-            runs.append(record)
+            runs = sorted([*runs, record], key=lambda r: r["seed"])
             print(f"{name:10s} seed {seed}: test NLL {record['test_nll']:7.3f} "
                   f"(train {record['train_seconds']:.0f} s)", flush=True)
-            (args.out / "earth" / f"{name}.json").write_text(
+            part.write_text(
                 json.dumps({"dataset": name, "runs": runs}, indent=1))
             if seed == 0:
                 test = load_dataset(args.data / DATASETS[name], seed=0, manifold="sphere").test
