@@ -21,11 +21,15 @@ scikit-learn's 8×8 digits, 64-D, dequantised and logit-transformed, in bits/dim
   likelihood (dopri5, exact trace in 2-D, Hutchinson in 64-D) for as many steps as fit in
   ``T`` seconds (calibrated on a few steps): equal wall-clock budget.
 
+Per-step speed, ours against torchcfm: ``--speed-rounds`` alternating rounds of
+``--speed-steps`` steps each (after one untimed warm-up round of both), the median; ``--clock
+cpu`` times by this thread's CPU time instead of the wall clock, for a loaded machine.
+
 Reported: test NLL of the exact CNF density (exact trace, dopri5 rtol = atol = 1e-5, the same
-evaluation for every model), training wall time and steps, milliseconds per step, the
-adaptive solver's NFE for one sampling solve, and the NFE a fixed-step RK4 sampler needs to
-reach a fixed accuracy (RMS distance to a dopri5 reference at 1e-7 below ``--accuracy``,
-step counts 1, 2, 4, ..., 256).
+evaluation for every model), training time (``--clock``) and steps, milliseconds per step
+(in the run and alternating), the adaptive solver's NFE for one sampling solve, and the NFE a
+fixed-step RK4 sampler needs to reach a fixed accuracy (RMS distance to a dopri5 reference at
+1e-7 below ``--accuracy``, step counts 1, 2, 4, ..., 256).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ import pushforward as pf  # noqa: E402
 from pushforward.continuous import CNF  # noqa: E402
 
 TOYS = ("checkerboard", "8gaussians", "moons", "pinwheel", "rings")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+clock = time.perf_counter  # set by --clock
 
 
 # -- true densities of the toys ------------------------------------------------------------------
@@ -157,29 +163,32 @@ def preset(d: int, seed: int, **options: object) -> pf.Flow:
     return pf.flows.build("cnf", features=d, **options)
 
 
-def train_ours(data: dict, args: argparse.Namespace, seed: int) -> tuple[pf.Flow, dict]:
+def train_ours(data: dict, args: argparse.Namespace, seed: int,
+               steps: int | None = None) -> tuple[pf.Flow, dict]:
     flow = preset(data["train"].shape[1], seed)
-    start = time.perf_counter()
-    history = pf.fit(flow, data["train"], steps=args.fm_steps, batch_size=args.batch_size,
-                     objective="flow-matching", seed=seed, progress=False, handle_signals=False)
-    wall = time.perf_counter() - start
+    start = clock()
+    history = pf.fit(flow, data["train"], steps=steps or args.fm_steps,
+                     batch_size=args.batch_size, objective="flow-matching", seed=seed,
+                     progress=False, handle_signals=False)
+    wall = clock() - start
     return flow, {"train_s": wall, "steps": history.steps}
 
 
-def train_torchcfm(data: dict, args: argparse.Namespace, seed: int) -> tuple[pf.Flow, dict]:
+def train_torchcfm(data: dict, args: argparse.Namespace, seed: int,
+                   steps: int | None = None) -> tuple[pf.Flow, dict]:
     from torchcfm.conditional_flow_matching import ExactOptimalTransportConditionalFlowMatcher
 
     flow = preset(data["train"].shape[1], seed)  # same initial weights as ours
     field = flow.transform.field
     matcher = ExactOptimalTransportConditionalFlowMatcher(sigma=0.0)
     optimizer = torch.optim.Adam(field.parameters(), lr=args.lr)
+    total = steps or args.fm_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, args.fm_steps)
-                                                 / args.fm_steps)))
+        optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
     train = data["train"]
     generator = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    for _ in range(args.fm_steps):
+    start = clock()
+    for _ in range(total):
         x1 = train[torch.randint(len(train), (args.batch_size,), generator=generator)]
         x0 = torch.randn_like(x1)
         t, xt, ut = matcher.sample_location_and_conditional_flow(x0, x1)
@@ -189,8 +198,8 @@ def train_torchcfm(data: dict, args: argparse.Namespace, seed: int) -> tuple[pf.
         torch.nn.utils.clip_grad_norm_(field.parameters(), 5.0)
         optimizer.step()
         schedule.step()
-    wall = time.perf_counter() - start
-    return flow, {"train_s": wall, "steps": args.fm_steps}
+    wall = clock() - start
+    return flow, {"train_s": wall, "steps": total}
 
 
 def train_mle(data: dict, args: argparse.Namespace, seed: int, budget: float,
@@ -199,26 +208,50 @@ def train_mle(data: dict, args: argparse.Namespace, seed: int, budget: float,
     options = {"kinetic": 0.01, "jacobian": 0.01} if rnode else {}
     probe = preset(d, seed, **options)
     calibration = max(3, args.calibration_steps)
-    start = time.perf_counter()
+    start = clock()
     pf.fit(probe, data["train"], steps=calibration, batch_size=args.batch_size, seed=seed,
            progress=False, handle_signals=False)
-    per_step = (time.perf_counter() - start) / calibration
+    per_step = (clock() - start) / calibration
     steps = max(1, int(budget / per_step))
     flow = preset(d, seed, **options)
-    start = time.perf_counter()
+    start = clock()
     history = pf.fit(flow, data["train"], steps=steps, batch_size=args.batch_size, seed=seed,
                      progress=False, handle_signals=False)
-    wall = time.perf_counter() - start
+    wall = clock() - start
     return flow, {"train_s": wall, "steps": history.steps}
 
 
 METHODS = ("flow matching", "torchcfm OT-CFM", "FFJORD", "RNODE")
 
 
+def per_step_speed(data: dict, args: argparse.Namespace, seed: int) -> dict | None:
+    """ms per step of ``pf.fit(objective="flow-matching")`` and of torchcfm's loop, alternating.
+
+    ``--speed-rounds`` rounds of ``--speed-steps`` steps each, ours then theirs, after one
+    untimed warm-up round of each (first calls: POT, Adam's state, allocator); the median of
+    the rounds. Same field, initial weights, batch size, optimiser, clipping and schedule; both
+    pair noise and data by POT's exact assignment.
+    """
+    try:
+        import torchcfm  # noqa: F401
+    except ImportError:
+        return None
+    ours, theirs = [], []
+    for round_ in range(args.speed_rounds + 1):
+        a = train_ours(data, args, seed, steps=args.speed_steps)[1]
+        b = train_torchcfm(data, args, seed, steps=args.speed_steps)[1]
+        if round_:  # round 0 warms up
+            ours.append(1000 * a["train_s"] / a["steps"])
+            theirs.append(1000 * b["train_s"] / b["steps"])
+    return {"ours_ms": float(np.median(ours)), "torchcfm_ms": float(np.median(theirs)),
+            "ours_rounds": ours, "torchcfm_rounds": theirs}
+
+
 def run_dataset(name: str, args: argparse.Namespace, seed: int) -> list[dict]:
     data = load(name, args.n_train, args.n_test, seed)
     results = []
     budget = None
+    speed = per_step_speed(data, args, seed) if args.speed_rounds else None
     for method in METHODS:
         if method == "torchcfm OT-CFM":
             try:
@@ -237,6 +270,9 @@ def run_dataset(name: str, args: argparse.Namespace, seed: int) -> list[dict]:
                "ms_per_step": 1000 * info["train_s"] / max(1, info["steps"]),
                "test_nll": report_nll(nll, data), "unit": data["unit"], "true_nll": data["true"],
                **sampling_cost(flow, args.n_sample, args.accuracy, seed)}
+        if speed is not None and method in ("flow matching", "torchcfm OT-CFM"):
+            row["ms_per_step_alternating"] = speed[
+                "ours_ms" if method == "flow matching" else "torchcfm_ms"]
         print(json.dumps(row), flush=True)
         results.append(row)
     return results
@@ -244,15 +280,17 @@ def run_dataset(name: str, args: argparse.Namespace, seed: int) -> list[dict]:
 
 def table(results: list[dict]) -> str:
     rows = ["| dataset | method | test NLL | true NLL | train s | steps | ms/step "
-            "| NFE dopri5 | NFE rk4 @ accuracy |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| ms/step alternating | NFE dopri5 | NFE rk4 @ accuracy |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results:
         true = "—" if row["true_nll"] is None else f"{row['true_nll']:.3f}"
         rk4 = "> 1024" if row["nfe_rk4"] is None else str(row["nfe_rk4"])
+        alternating = row.get("ms_per_step_alternating")
+        alternating = "—" if alternating is None else f"{alternating:.1f}"
         rows.append(
             f"| {row['dataset']} | {row['method']} | {row['test_nll']:.3f} {row['unit']} "
             f"| {true} | {row['train_s']:.0f} | {row['steps']} | {row['ms_per_step']:.1f} "
-            f"| {row['nfe_dopri5']} | {rk4} |")
+            f"| {alternating} | {row['nfe_dopri5']} | {rk4} |")
     return "\n".join(rows)
 
 
@@ -271,6 +309,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="relative RMS sample error the RK4 sampler must reach")
     parser.add_argument("--calibration-steps", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="time training by wall clock or by this thread's CPU time (use "
+                             "cpu on a loaded machine)")
+    parser.add_argument("--speed-rounds", type=int, default=3,
+                        help="alternating rounds of ours vs torchcfm per dataset (0: none)")
+    parser.add_argument("--speed-steps", type=int, default=200)
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: moons only, 200 steps, small sets")
     parser.add_argument("--out", type=Path, default=None)
@@ -278,9 +322,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.datasets, args.fm_steps, args.n_train, args.n_test = ["moons"], 200, 2000, 300
         args.n_sample, args.calibration_steps = 200, 3
+        args.speed_rounds, args.speed_steps = 1, 50
     out = args.out or Path(__file__).with_name(
         "flow_matching_quick.json" if args.quick else "flow_matching.json")
     torch.set_num_threads(1)
+    global clock
+    clock = CLOCKS[args.clock]
 
     results = []
     for name in args.datasets:
@@ -288,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     text = table(results)
     print()
     print(f"flow matching: {args.fm_steps} steps, batch {args.batch_size}; MLE at the same "
-          f"wall-clock; seed {args.seed}; RK4 accuracy {args.accuracy:g}")
+          f"{args.clock} clock; seed {args.seed}; RK4 accuracy {args.accuracy:g}")
     print(text)
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
