@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from pushforward import _validation as _v
-from pushforward.continuous.dynamics import CNFDynamics
+from pushforward.continuous.dynamics import CNFDynamics, SolveRecord
 from pushforward.continuous.paths import ProbabilityPath, make_path
 from pushforward.continuous.solvers import (
     FIXED_METHODS,
@@ -31,32 +31,6 @@ __all__ = ["CNF", "TRACES"]
 
 TRACES = ("exact", "hutchinson")
 """Divergence estimators of ``CNF(trace=...)``: exact (``d`` VJPs) or Hutchinson (unbiased)."""
-
-
-class _Record:
-    """What the last solve left behind: its dynamics (NFE counters) and its RNODE integrals.
-
-    Kept outside the module's tensors: a deep copy or a pickle of the CNF starts afresh.
-    """
-
-    def __init__(self) -> None:
-        self.dynamics: CNFDynamics | None = None
-        self.kinetic: Tensor | None = None
-        self.frobenius: Tensor | None = None
-
-    def __deepcopy__(self, memo: dict) -> _Record:
-        return _Record()
-
-    def __reduce__(self) -> tuple:
-        return (_Record, ())
-
-
-def _positive(name: str, value: float | None) -> float | None:
-    return check_tolerance(name, value, "CNF")
-
-
-def _steps(value: int | None) -> int | None:
-    return check_steps(value, "CNF")
 
 
 def _weight(name: str, value: float) -> float:
@@ -213,19 +187,19 @@ class CNF(Transform):
         self.noise = noise
         if t1 is None:
             raise ValueError("CNF: t1 must be a positive finite number, got None")
-        self.t1 = float(_positive("t1", t1))  # type: ignore[arg-type]
-        self.rtol = _positive("rtol", rtol)
-        self.atol = _positive("atol", atol)
+        self.t1 = float(check_tolerance("t1", t1, "CNF"))  # type: ignore[arg-type]
+        self.rtol = check_tolerance("rtol", rtol, "CNF")
+        self.atol = check_tolerance("atol", atol, "CNF")
         self.method = check_method(method)
         self.options = dict(options or {})
-        self.steps = _steps(steps)
-        self._check_grid(self.method, self.steps, self.options)
+        self.steps = check_steps(steps, "CNF")
+        check_grid(self.method, self.steps, self.options, "CNF")
         self.path = make_path(path)
         self.adjoint = bool(adjoint)
         self.kinetic = _weight("kinetic", kinetic)
         self.jacobian = _weight("jacobian", jacobian)
         self.exact_ladj = trace == "exact"
-        self.__dict__["_record"] = _Record()
+        self.__dict__["_record"] = SolveRecord()
 
     @property
     def supports_torch_func(self) -> bool:  # type: ignore[override]
@@ -330,10 +304,6 @@ class CNF(Transform):
         return self.t1 * out
 
     # -- solving ------------------------------------------------------------------------------
-    @staticmethod
-    def _check_grid(method: str, steps: int | None, options: dict) -> None:
-        check_grid(method, steps, options, "CNF")
-
     @contextlib.contextmanager
     def solver(
         self,
@@ -373,7 +343,7 @@ class CNF(Transform):
                 value = value.clone()
                 context = None if context is None else context.clone()
                 return self._solve(value, context, t0, t1)
-        record = _Record()
+        record = SolveRecord()
         self.__dict__["_record"] = record
         batch = value.shape[0]
         if not self.context_features:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from pushforward.continuous.traces import divergence_exact, divergence_hutchinson
 
-__all__ = ["CNFDynamics"]
+__all__ = ["CNFDynamics", "SolveRecord"]
 
 
 class CNFDynamics:
@@ -83,3 +83,21 @@ class CNFDynamics:
             return out, trace
         kinetic = out.pow(2).reshape(out.shape[0], -1).sum(-1)
         return out, trace, kinetic, frobenius
+
+
+class SolveRecord:
+    """What a CNF's last solve left behind: its dynamics (NFE counters) and RNODE integrals.
+
+    Kept outside the module's tensors: a deep copy or a pickle of the CNF starts afresh.
+    """
+
+    def __init__(self) -> None:
+        self.dynamics: CNFDynamics | None = None
+        self.kinetic: Tensor | None = None
+        self.frobenius: Tensor | None = None
+
+    def __deepcopy__(self, memo: dict) -> SolveRecord:
+        return SolveRecord()
+
+    def __reduce__(self) -> tuple:
+        return (SolveRecord, ())
