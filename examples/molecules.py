@@ -21,7 +21,7 @@ checkpoint; ``--resume`` continues it and ``--eval-only`` evaluates it.
 
 Run::
 
-    python examples/molecules.py --out results/molecules              # the docs' numbers (68 min)
+    python examples/molecules.py --out results/molecules              # the docs' numbers (54 min)
     python examples/molecules.py --out /tmp/mol --quick                  # < 10 min, one thread
 """
 
@@ -103,6 +103,9 @@ def train(model: GraphFlow, data: dict, args: argparse.Namespace, out: Path) -> 
         index = torch.randint(0, bonds.shape[0], (args.batch_size,))
         loss = model.nll(bonds[index], atoms[index]).mean()
         optimizer.zero_grad()
+        if not torch.isfinite(loss):  # a rare overflow: skip this batch, keep the weights
+            state["skipped"] = state.get("skipped", 0) + 1
+            continue
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
@@ -174,10 +177,10 @@ def main() -> None:
     parser.add_argument("--max-atoms", type=int, default=16)
     parser.add_argument("--train-size", type=int, default=None, help="default: all")
     parser.add_argument("--test-size", type=int, default=None, help="default: all")
-    parser.add_argument("--minutes", type=float, default=68.0, help="training budget")
+    parser.add_argument("--minutes", type=float, default=54.0, help="training budget")
     parser.add_argument("--steps", type=int, default=10**9)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--bond-layers", type=int, default=8)
     parser.add_argument("--bond-hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--atom-layers", type=int, default=3)
