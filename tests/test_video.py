@@ -219,8 +219,10 @@ def test_training_uses_the_past():
         torch.manual_seed(0)
         flow = pf.flows.build("video-glow", shape=(1, 16, 16), past=past, hidden=16,
                               transforms=2, maps=4, encoder_hidden=8, levels=2)
-        pf.fit(flow, FramePairs(train, past, predict_from=2), steps=120, batch_size=32,
-               lr=3e-3, progress=False)
+        # a fixed schedule (no warm-up, lr 1e-3): fit's defaults may change; at 120 steps with
+        # lr 3e-3 the gap was within seed noise (conditional ahead or behind by < 0.1 bits)
+        pf.fit(flow, FramePairs(train, past, predict_from=2), steps=200, batch_size=32,
+               lr=1e-3, warmup=0, progress=False)
         scores[past] = bits_per_frame(flow, test, past, predict_from=2).mean().item()
     assert scores[2] < scores[0] - 0.05, scores
 
