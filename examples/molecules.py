@@ -12,8 +12,12 @@ copied into this repository), then reports on the MOSES test molecules of the sa
   ``novelty`` against the training molecules;
 * Wasserstein distances of QED, logP and molecular weight against the test molecules.
 
-The sampling temperature is chosen on a separate batch of 1,000 samples (the most valid
-temperature of ``--temperatures`` whose uniqueness stays ≥ 99 %) unless ``--temperature`` fixes it.
+The sampling temperatures (bond flow ``--temperatures``, atom flow ``--atom-temperatures``) are
+chosen on separate batches of ``--sweep-samples`` samples per pair, unless ``--temperature`` fixes
+them: the most valid pair whose uniqueness, projected to ``--samples`` samples, stays ≥ 99 %.
+Duplicates grow in proportion to the number of valid samples (the expected number of equal pairs
+is quadratic in it), so a sweep uniqueness ``u`` on ``m`` valid samples projects to
+``1 − (1 − u)·M/m`` on ``M``.
 Writes to ``--out``: ``metrics.json``, ``samples.smi`` (every sample, invalid ones too, one per
 line), ``samples.png`` (the first 30 valid samples), ``properties.png``, ``loss.png``, the model
 (``model.safetensors`` + ``config.json``) and ``train.log``. A run stopped early keeps its last
@@ -97,9 +101,9 @@ def train(model: GraphFlow, data: dict, args: argparse.Namespace, out: Path) -> 
     running = []
     while state["seconds"] < budget and state["step"] < args.steps:
         start = time.time()
-        fraction = state["seconds"] / budget
-        for group in optimizer.param_groups:  # constant, then linear decay over the last 25 %
-            group["lr"] = args.lr * min(1.0, (1.0 - fraction) / 0.25)
+        fraction = max(state["seconds"] / budget, state["step"] / args.steps)
+        for group in optimizer.param_groups:  # constant, then linear decay over the last part
+            group["lr"] = args.lr * min(1.0, (1.0 - fraction) / args.decay)
         index = torch.randint(0, bonds.shape[0], (args.batch_size,))
         loss = model.nll(bonds[index], atoms[index]).mean()
         optimizer.zero_grad()
@@ -134,13 +138,37 @@ def test_nll(model: GraphFlow, bonds: torch.Tensor, atoms: torch.Tensor, draws: 
 
 
 @torch.no_grad()
-def generate(model: GraphFlow, n: int, temperature: float) -> list[str]:
+def generate(
+    model: GraphFlow, n: int, temperature: float, atom_temperature: float | None = None
+) -> list[str]:
     """``n`` samples written as SMILES (invalid graphs written as built)."""
     smiles = []
     for i in range(0, n, 1000):
-        bonds, atoms = model.sample(min(1000, n - i), temperature=temperature)
+        bonds, atoms = model.sample(min(1000, n - i), temperature, atom_temperature)
         smiles += [write_smiles(b, a, model.atom_types) for b, a in zip(bonds, atoms)]
     return smiles
+
+
+def _sweep(
+    model: GraphFlow, train: list[str], args: argparse.Namespace, out: Path, sweep: dict
+) -> tuple[float, float | None]:
+    """The most valid (bond, atom) temperatures whose projected uniqueness stays ≥ 99 %."""
+    best, best_validity, fallback = None, -1.0, None
+    for t in args.temperatures:
+        for t_atom in args.atom_temperatures or [None]:
+            torch.manual_seed(args.seed + 2)
+            m = sample_metrics(generate(model, args.sweep_samples, t, t_atom), train)
+            final_valid = m["validity"] * args.samples
+            m["projected_uniqueness"] = 1.0 - (1.0 - m["uniqueness"]) * max(
+                1.0, final_valid / max(m["valid_count"], 1.0)
+            )
+            sweep[f"{t}/{t_atom if t_atom is not None else t}"] = m
+            _log(out, f"T={t}, atom T={t_atom}: {m}")
+            if m["projected_uniqueness"] >= 0.99 and m["validity"] > best_validity:
+                best, best_validity = (t, t_atom), m["validity"]
+            if fallback is None or m["projected_uniqueness"] > fallback[1]:
+                fallback = ((t, t_atom), m["projected_uniqueness"])
+    return best if best is not None else fallback[0]
 
 
 def _figures(losses: list, samples: list[str], test: list[str], out: Path) -> None:
@@ -173,21 +201,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--quick", action="store_true",
-                        help="3,000 training molecules, 3 min of training, 3 temperatures")
+                        help="3,000 training molecules, 3 min of training, 3 temperatures "
+                        "on 1,000 samples each")
     parser.add_argument("--max-atoms", type=int, default=16)
     parser.add_argument("--train-size", type=int, default=None, help="default: all")
     parser.add_argument("--test-size", type=int, default=None, help="default: all")
-    parser.add_argument("--minutes", type=float, default=54.0, help="training budget")
+    parser.add_argument("--minutes", type=float, default=60.0, help="training budget")
     parser.add_argument("--steps", type=int, default=10**9)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--decay", type=float, default=0.25,
+                        help="fraction of the budget over which the lr decays linearly to 0")
+    parser.add_argument("--noise", type=float, default=0.6, help="dequantisation scale")
     parser.add_argument("--bond-layers", type=int, default=8)
     parser.add_argument("--bond-hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--atom-layers", type=int, default=3)
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--atom-temperature", type=float, default=None,
+                        help="atom-flow temperature with --temperature (default: the same)")
     parser.add_argument("--temperatures", type=float, nargs="+", default=None,
-                        help="sweep (default 0.5 0.6 0.7 0.8 0.9 1.0; --quick: 0.6 0.7 0.8)")
+                        help="bond-flow sweep (default 0.6 0.7 0.8)")
+    parser.add_argument("--atom-temperatures", type=float, nargs="*", default=None,
+                        help="atom-flow sweep (default 0.4 0.6 0.8; --quick or none given: "
+                        "the bond temperature only)")
+    parser.add_argument("--sweep-samples", type=int, default=2000)
     parser.add_argument("--nll-draws", type=int, default=4)
     parser.add_argument("--checkpoint-seconds", type=float, default=300.0)
     parser.add_argument("--resume", action="store_true")
@@ -200,7 +238,11 @@ def main() -> None:
         args.test_size = args.test_size or 500
         args.minutes = min(args.minutes, 3.0)
         args.temperatures = args.temperatures or [0.6, 0.7, 0.8]
-    args.temperatures = args.temperatures or [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+        args.atom_temperatures = args.atom_temperatures or []
+        args.sweep_samples = min(args.sweep_samples, 1000)
+    args.temperatures = args.temperatures or [0.6, 0.7, 0.8]
+    if args.atom_temperatures is None:
+        args.atom_temperatures = [0.4, 0.6, 0.8]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = args.out
@@ -210,7 +252,8 @@ def main() -> None:
     _log(out, f"{len(data['smiles'])} training and {len(data['test_smiles'])} test molecules "
               f"with ≤ {args.max_atoms} heavy atoms ({time.time() - began:.0f} s to load)")
     model = GraphFlow(args.max_atoms, bond_layers=args.bond_layers,
-                      bond_hidden=args.bond_hidden, atom_layers=args.atom_layers)
+                      bond_hidden=args.bond_hidden, atom_layers=args.atom_layers,
+                      noise=args.noise)
     if args.eval_only:
         model.load_state_dict(load_file(str(out / "model.safetensors")))
         state = {k: v for k, v in torch.load(out / "state.pt").items() if k != "optimizer"}
@@ -221,16 +264,11 @@ def main() -> None:
     nll = test_nll(model, data["test_bonds"], data["test_atoms"], args.nll_draws)
     _log(out, f"test NLL bound {nll:.2f} nats / molecule")
     sweep = {}
-    temperature = args.temperature
+    temperature, atom_temperature = args.temperature, args.atom_temperature
     if temperature is None:
-        for t in args.temperatures:
-            torch.manual_seed(args.seed + 2)
-            sweep[str(t)] = sample_metrics(generate(model, 1000, t), data["smiles"])
-            _log(out, f"T={t}: {sweep[str(t)]}")
-        ok = [t for t in args.temperatures if sweep[str(t)]["uniqueness"] >= 0.99]
-        temperature = max(ok or args.temperatures, key=lambda t: sweep[str(t)]["validity"])
+        temperature, atom_temperature = _sweep(model, data["smiles"], args, out, sweep)
     torch.manual_seed(args.seed + 3)
-    samples = generate(model, args.samples, temperature)
+    samples = generate(model, args.samples, temperature, atom_temperature)
     (out / "samples.smi").write_text("\n".join(samples) + "\n")
     metrics = sample_metrics(samples, data["smiles"])
     valid = [s for s in samples if "." not in s and s != "[empty]"]
@@ -252,9 +290,11 @@ def main() -> None:
         "settings": {
             "max_atoms": args.max_atoms, "train_molecules": len(data["smiles"]),
             "test_molecules": len(data["test_smiles"]), "samples": args.samples,
-            "temperature": temperature, "temperature_sweep_1000_samples": sweep,
+            "temperature": temperature, "atom_temperature": atom_temperature,
+            "temperature_sweep": sweep, "sweep_samples": args.sweep_samples,
             "training_steps": state["step"], "training_seconds": round(state["seconds"], 1),
-            "batch_size": args.batch_size, "lr": args.lr, "model": model.config,
+            "batch_size": args.batch_size, "lr": args.lr, "lr_decay": args.decay,
+            "model": model.config,
             "parameters": sum(p.numel() for p in model.parameters()),
             "nll_noise_draws": args.nll_draws, "quick": args.quick, "seed": args.seed,
             "threads": args.threads,

@@ -178,7 +178,7 @@ def test_nll_is_the_dequantisation_bound() -> None:
     torch.manual_seed(5)
     nll = model.nll(bonds, atoms)
     dims = 12 + 24
-    expected = -model.log_prob(x_bonds, x_atoms, bonds) - dims * math.log(0.9)
+    expected = -model.log_prob(x_bonds, x_atoms, bonds) - dims * math.log(model.noise)
     assert torch.allclose(nll, expected)
 
 
@@ -245,6 +245,28 @@ def test_samples_decode_to_graphs_and_training_lowers_the_nll() -> None:
     parsed = [Chem.MolFromSmiles(s) for s in lines]
     connected = [m for m in parsed if m is not None and len(Chem.GetMolFrags(m)) == 1]
     assert metrics["validity"] == len(connected) / 16
+
+
+def test_atom_temperature_scales_only_the_atom_flow() -> None:
+    torch.manual_seed(0)
+    model = GraphFlow(6, bond_layers=2, bond_hidden=(16,), atom_layers=1, atom_hidden=8)
+    bonds, atoms = _batch(["CCO", "C1CC1", "CC(=O)O", "CCN"], 6)
+    model.nll(bonds, atoms)  # initialises the ActNorms
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    model.eval()
+    draws = {}
+    for key, atom_temperature in (("default", None), ("same", 0.7), ("cold", 0.0)):
+        torch.manual_seed(1)
+        draws[key] = model.sample(64, temperature=0.7, atom_temperature=atom_temperature)
+    assert torch.equal(draws["default"][0], draws["same"][0])
+    assert torch.equal(draws["default"][1], draws["same"][1])
+    assert torch.equal(draws["cold"][0], draws["same"][0])  # the bonds do not change
+    assert not torch.equal(draws["cold"][1], draws["same"][1])
+    # at atom temperature 0 the atoms are the flow's image of z = 0 given the sampled bonds
+    x_atoms, _ = model.atom_flow.transform(torch.zeros(64, 6, 8), draws["cold"][0].flatten(1))
+    assert torch.equal(draws["cold"][1].argmax(-1), x_atoms.argmax(-1))
 
 
 def test_moses_loader() -> None:
