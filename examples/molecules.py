@@ -251,9 +251,12 @@ def main() -> None:
     data = _data(args, out)
     _log(out, f"{len(data['smiles'])} training and {len(data['test_smiles'])} test molecules "
               f"with ≤ {args.max_atoms} heavy atoms ({time.time() - began:.0f} s to load)")
-    model = GraphFlow(args.max_atoms, bond_layers=args.bond_layers,
-                      bond_hidden=args.bond_hidden, atom_layers=args.atom_layers,
-                      noise=args.noise)
+    if args.eval_only or args.resume and (out / "config.json").is_file():
+        model = GraphFlow(**json.loads((out / "config.json").read_text()))  # as it was trained
+    else:
+        model = GraphFlow(args.max_atoms, bond_layers=args.bond_layers,
+                          bond_hidden=args.bond_hidden, atom_layers=args.atom_layers,
+                          noise=args.noise)
     if args.eval_only:
         model.load_state_dict(load_file(str(out / "model.safetensors")))
         state = {k: v for k, v in torch.load(out / "state.pt").items() if k != "optimizer"}
