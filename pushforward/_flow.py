@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from pushforward import _validation as _v
 from pushforward._flow_distribution import FlowDistribution
 from pushforward._transform import Chain, Shape, Transform
+from pushforward.fused import fast_path, fast_path_enabled, global_hooks
+from pushforward.fused_affine import affine_chain
 from pushforward.specs import serializable, to_spec
 
 __all__ = ["Flow"]
@@ -176,6 +178,26 @@ class Flow(nn.Module):
         count = _v.check_count(n, "Flow.sample")
         return count, (count,)
 
+    def _fused_log_prob(self, x: Tensor, context: Tensor | None) -> Tensor | None:
+        """``log p(x)`` as one autograd node, or None where that does not apply.
+
+        It applies when the transform is a chain of fusable affine layers (MAF, vector affine
+        couplings) on ``N(0, I)`` (``pushforward.fused_affine``).
+        """
+        if not (getattr(self.base, "standard_normal", False) and x.dim() == 2
+                and fast_path_enabled() and not global_hooks()):
+            return None
+        stages = self.transform._affine_stages()
+        if not stages or not all(stage.usable(x, context) for stage in stages):
+            return None
+
+        def general(x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+            with fast_path(False):
+                z, ladj = self.transform.inverse(x, context)
+                return z, self._base_log_prob(z, context) + ladj
+
+        return affine_chain(x, context, stages, True, general)[1]
+
     def _base_log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         if getattr(self.base, "context_features", 0):
             return self.base.log_prob(z, context)
@@ -236,8 +258,10 @@ class Flow(nn.Module):
         else:
             ctx = self._context(context, x.shape[0])
         with _v.validation(False):
-            z, ladj = self.transform.inverse(x, ctx)
-            log_px = self._base_log_prob(z, ctx) + ladj
+            log_px = self._fused_log_prob(x, ctx)
+            if log_px is None:
+                z, ladj = self.transform.inverse(x, ctx)
+                log_px = self._base_log_prob(z, ctx) + ladj
         if inside is not None:
             log_px = log_px.masked_fill(~inside, -math.inf)
         if validating:

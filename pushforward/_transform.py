@@ -173,6 +173,14 @@ class Transform(nn.Module):
         """As ``_inside_x``, for the domain of the forward map."""
         return None
 
+    def _affine_stages(self) -> list | None:
+        """This transform's density direction as fused affine stages (``fused_affine``).
+
+        In the order the inverse applies them; None (the default) when it is not a chain of
+        fusable affine layers (``Flow.log_prob`` then takes the general path).
+        """
+        return None
+
     def _validate(
         self, value: Tensor, shape: Shape | None, context: Tensor | None, name: str
     ) -> None:
@@ -300,6 +308,15 @@ class Chain(Transform):
 
     def _inside_x(self, x: Tensor) -> Tensor | None:
         return self.transforms[-1]._inside_x(x)  # type: ignore[operator]
+
+    def _affine_stages(self) -> list | None:
+        stages: list = []
+        for t in reversed(self.transforms):
+            more = t._affine_stages()  # type: ignore[operator]
+            if more is None:
+                return None
+            stages += more
+        return stages
 
     def _inside_z(self, z: Tensor) -> Tensor | None:
         return self.transforms[0]._inside_z(z)  # type: ignore[operator]

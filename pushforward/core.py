@@ -43,6 +43,9 @@ class BaseDistribution(nn.Module):
 
     event_shape: Shape
     context_features: int = 0
+    # True for N(0, I) without parameters: ``Flow.log_prob`` may then fold ``log p_0`` into the
+    # fused node of a chain of affine layers (``pushforward.fused_affine``).
+    standard_normal: bool = False
 
     def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """``log p_0(z)``, shape ``(batch,)``.

@@ -48,6 +48,8 @@ class StandardNormal(BaseDistribution):
         shape: number of features or the event shape.
     """
 
+    standard_normal = True
+
     def __init__(self, shape: int | Sequence[int]) -> None:
         super().__init__()
         self.event_shape = _v.as_shape(shape)

@@ -39,6 +39,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 __all__ = [
     "fast_path", "fast_path_enabled", "refresh", "FlatSlots", "flatten_linears", "relu_stack",
+    "global_hooks",
 ]
 
 _ENABLED = True
@@ -84,6 +85,13 @@ def fast_path_enabled() -> bool:
     """Whether the fused path may run now (switch on, no compile tracing, no ``torch.func``)."""
     return (_ENABLED and not torch._C._are_functorch_transforms_active()
             and not torch.compiler.is_compiling())
+
+
+def global_hooks() -> bool:
+    """Whether global module forward hooks are registered (they must see every call)."""
+    from torch.nn.modules import module as _module
+
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
 
 
 def refresh(module: nn.Module) -> None:
@@ -220,6 +228,8 @@ class _Plan:
         self._packed: tuple[tuple, Tensor | None] | None = None
         self._key: tuple | None = None
         self._cache: tuple[list[Tensor], list[Tensor], Tensor | None] | None = None
+        # ``pushforward.fused_affine``'s reordered copy of the last layer, with its source
+        self.head: tuple | None = None
 
     def packed_mask(self, like: Tensor) -> Tensor | None:
         """The masks laid out like ``flat`` (None when no layer is masked)."""
@@ -383,88 +393,3 @@ def relu_stack(x: Tensor, context: Tensor | None, flat: Tensor, plan: _Plan,
         return _ReluStack.apply(x, context, flat, plan, general)
     weights, biases, context_weight = plan.weights(flat)
     return _run(x, context, weights, biases, context_weight)[0]
-
-
-class _AffineStack(torch.autograd.Function):
-    """A MADE stack followed by the affine density map of a MAF layer, as one node.
-
-    ``(ŝ_i, m_i)`` are the stack's outputs ``2i`` and ``2i + 1``; ``−s = −B tanh(ŝ/B)``,
-    ``z = x e^{−s} + m``, ``ladj = Σ_i −s_i`` (``pushforward.transforms.maps.AffineMap``).
-    Backward: ``∂z/∂x = e^{−s}`` (plus the path through the stack), ``∂z/∂m = 1``,
-    ``∂z/∂(−s) = x e^{−s}``, ``∂(−s)/∂ŝ = (−s/B)² − 1``.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, context: Tensor | None, flat: Tensor,  # noqa: ANN001
-                plan: _Plan, general: object, bound: float | None) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():  # rebuild the masked weights (see ``_Plan.weights``)
-            weights, biases, context_weight = plan.weights(flat)
-        out, inputs = _run(x, context, weights, biases, context_weight)
-        neg, e, z = _affine(x, out, bound)
-        ctx.save_for_backward(x, context, flat)
-        ctx.inputs, ctx.weights, ctx.context_weight = inputs, weights, context_weight
-        ctx.plan, ctx.general, ctx.bound, ctx.neg, ctx.e = plan, general, bound, neg, e
-        return z, neg.sum(-1)
-
-    @staticmethod
-    def backward(ctx, grad_z: Tensor, grad_ladj: Tensor):  # noqa: ANN001, ANN205
-        x, context, flat = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # double backward: differentiate the general formula
-            wanted = [t for t, n in zip((x, context, flat), needs) if n]
-            with torch.enable_grad():
-                z, ladj = ctx.general(x, context, flat)
-            found = iter(torch.autograd.grad((z, ladj), wanted, (grad_z, grad_ladj),
-                                             create_graph=True, allow_unused=True))
-            grads = [next(found) if n else None for n in needs]
-            return grads[0], grads[1], grads[2], None, None, None
-        direct = grad_z * ctx.e  # ∂z/∂x at fixed parameters
-        grad_neg = torch.addcmul(grad_ladj.unsqueeze(-1), direct, x)
-        if ctx.bound is None:
-            grad_raw = grad_neg.neg_()
-        else:
-            grad_raw = grad_neg.mul_(ctx.neg.mul(1.0 / ctx.bound).square_().sub_(1.0))
-        grad_out = torch.stack([grad_raw, grad_z], dim=-1).view(x.shape[0], -1)
-        grad_x, grad_context, grad_flat = _stack_backward(
-            ctx.plan, ctx.inputs, ctx.weights, ctx.context_weight, context, flat, grad_out,
-            needs)
-        if grad_x is not None:
-            grad_x = grad_x.add_(direct) if grad_x.is_contiguous() else grad_x + direct
-        return grad_x, grad_context, grad_flat, None, None, None
-
-
-def _affine(x: Tensor, out: Tensor, bound: float | None) -> tuple[Tensor, Tensor, Tensor]:
-    """``−s``, ``e^{−s}`` and ``z`` from the stack output (pairs ``(ŝ_i, m_i)``)."""
-    pair = out.view(x.shape[0], -1, 2)
-    raw, shift = pair[..., 0], pair[..., 1]
-    if bound is None:
-        neg = -raw
-    else:
-        neg = torch.sigmoid(raw * (-2.0 / bound)).mul_(2.0 * bound).sub_(bound)
-    e = neg.exp()
-    return neg, e, torch.addcmul(shift, x, e)
-
-
-def affine_stack(x: Tensor, context: Tensor | None, flat: Tensor, plan: _Plan,
-                 general: object, bound: float | None) -> tuple[Tensor, Tensor]:
-    """A MAF layer's density direction on the fast path: ``z`` and ``ladj`` (summed).
-
-    Args:
-        x: ``(batch, d)``.
-        context: ``(batch, context_features)`` or None.
-        flat: the MADE's flat parameter.
-        plan: the MADE's slots and masks.
-        general: ``general(x, context, flat) -> (z, ladj)``, the differentiable formula.
-        bound: the affine map's clamp on the log-scale (None: none).
-
-    Returns:
-        ``z`` ``(batch, d)`` and ``ladj`` ``(batch,)``.
-    """
-    if torch.is_grad_enabled() and (
-        x.requires_grad or flat.requires_grad or (context is not None and context.requires_grad)
-    ):
-        return _AffineStack.apply(x, context, flat, plan, general, bound)
-    weights, biases, context_weight = plan.weights(flat)
-    out, _ = _run(x, context, weights, biases, context_weight)
-    neg, _, z = _affine(x, out, bound)
-    return z, neg.sum(-1)

@@ -14,11 +14,12 @@ from torch import Tensor, nn
 from pushforward.fused import (
     FlatSlots,
     _Plan,
-    affine_stack,
     fast_path_enabled,
     flatten_linears,
+    global_hooks,
     relu_stack,
 )
+from pushforward.fused_affine import AffineStage, affine_chain
 from pushforward.specs import serializable
 
 __all__ = ["MLP", "MADE", "MaskedLinear", "ConvNet", "activation", "with_context"]
@@ -132,12 +133,9 @@ class MLP(nn.Sequential):
     def _general(self, x: Tensor, context: Tensor | None, flat: Tensor) -> Tensor:
         return super().forward(x)
 
-
-def _global_hooks() -> bool:
-    """Whether global module forward hooks are registered (they must see every call)."""
-    from torch.nn.modules import module as _module
-
-    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)
+    def _fused_plan(self) -> _Plan | None:
+        """The fused path's plan of this ReLU stack (None: not fused)."""
+        return self._plan
 
 
 def _stack_plan(layers: Sequence[nn.Module], context: nn.Module | None = None) -> _Plan:
@@ -333,7 +331,7 @@ class MADE(nn.Module):
 
         ``(ŝ_i, m_i) = MADE(x)_i``, ``z_i = x_i e^{−s_i} + m_i`` with ``s = B tanh(ŝ/B)``, and
         ``ladj = −Σ_i s_i``, as ``AffineMap(bound).inverse`` on this MADE's output, in one
-        autograd node (``pushforward.fused``).
+        autograd node (``pushforward.fused_affine``).
 
         Args:
             x: ``(batch, d)``.
@@ -347,19 +345,23 @@ class MADE(nn.Module):
         """
         context = self._checked(context)
         if (self.params != 2 or not self._fast(x, context) or self._forward_hooks
-                or self._forward_pre_hooks or _global_hooks()):
+                or self._forward_pre_hooks or global_hooks()):
             return None  # hooks on the MADE must see its call: the general path makes it
-        plan = self._plan
-        plan.masks = [layer.mask for layer in self.layers]
 
-        def general(x: Tensor, context: Tensor | None, flat: Tensor) -> tuple[Tensor, Tensor]:
+        def general(x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
             # the same formula with differentiable, out-of-place operations (double backward)
-            raw, shift = self._general(x, context, flat).unflatten(-1, (-1, 2)).unbind(-1)
+            raw, shift = self._general(x, context, self.flat).unflatten(-1, (-1, 2)).unbind(-1)
             neg = -raw if bound is None else torch.sigmoid(raw * (-2.0 / bound)) * (
                 2.0 * bound) - bound
             return torch.addcmul(shift, x, neg.exp()), neg.sum(-1)
 
-        return affine_stack(x, context, self.flat, plan, general, bound)
+        return affine_chain(x, context, [AffineStage(self, bound)], False, general)
+
+    def _fused_plan(self) -> _Plan:
+        """The fused path's plan, with the current masks (they follow ``.to()``)."""
+        plan = self._plan
+        plan.masks = [layer.mask for layer in self.layers]
+        return plan
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Parameters ``(*batch, d, params)`` of every feature, in one pass."""

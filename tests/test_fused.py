@@ -247,3 +247,41 @@ def test_fused_maf_layer_gradcheck(bound: float | None, context: int) -> None:
     assert layer.made.affine_inverse(x, c, bound) is not None  # the fused node applies
     assert torch.autograd.gradcheck(f, inputs)
     assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize(("name", "kw"), [
+    ("maf", {"features": 3, "transforms": 2, "hidden": [5, 6]}),
+    ("maf", {"features": 3, "context": 2, "transforms": 2, "hidden": [5]}),
+    ("realnvp", {"features": 5, "transforms": 3, "hidden": [6, 5]}),
+])
+def test_whole_flow_density_is_one_node_with_exact_derivatives(name: str, kw: dict) -> None:
+    """A chain of affine layers on N(0, I): log p(x) is one autograd node (pushforward.
+    fused_affine), gradcheck and gradgradcheck in x, the context and every parameter."""
+    torch.manual_seed(0)
+    flow = pf.flows.build(name, **kw).double()
+    x, c = _inputs(kw, n=4)
+    x.requires_grad_(True)
+    if c is not None:
+        c.requires_grad_(True)
+    assert type(flow.log_prob(x, context=c).grad_fn).__name__ == "_AffineChainBackward"
+    inputs = (x, *((c,) if c is not None else ()), *flow.parameters())
+
+    def log_prob(x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        return flow.log_prob(x, context=rest[0] if c is not None else None)
+
+    assert torch.autograd.gradcheck(log_prob, inputs)
+    assert torch.autograd.gradgradcheck(log_prob, inputs)
+
+
+def test_whole_flow_node_steps_aside_for_hooks_and_other_bases() -> None:
+    torch.manual_seed(0)
+    flow = pf.flows.build("maf", features=3, transforms=2, hidden=[5])
+    x = torch.randn(4, 3)
+    seen = []
+    made = flow.transform.transforms[0].made
+    handle = made.register_forward_hook(lambda *args: seen.append(1))
+    assert type(flow.log_prob(x).grad_fn).__name__ != "_AffineChainBackward"
+    assert seen, "a hook on a MADE must see its call"
+    handle.remove()
+    flow.base = pf.DiagonalNormal(3)
+    assert type(flow.log_prob(x).grad_fn).__name__ != "_AffineChainBackward"

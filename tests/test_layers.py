@@ -25,9 +25,10 @@ LAYERS: dict[str, int] = {
     "pushforward._flow_distribution": 0,
     "pushforward.specs": 0,
     "pushforward.evaluation": 0,
+    "pushforward.fused": 0,
+    "pushforward.fused_affine": 0,
     # 1 — transforms, bases and the other building blocks; data (which imports only core)
     "pushforward.nn": 1,
-    "pushforward.fused": 1,
     "pushforward.distributions": 1,
     "pushforward.discretized": 1,
     "pushforward.context": 1,

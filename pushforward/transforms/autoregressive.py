@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from pushforward import _validation as _v
 from pushforward.core import Transform
+from pushforward.fused_affine import AffineStage
 from pushforward.nn import MADE
 from pushforward.specs import serializable
 from pushforward.transforms import splines as _splines  # noqa: F401  (registers "spline")
@@ -119,6 +120,12 @@ class MaskedAutoregressive(_Autoregressive):
                 return fused
         z, ladj = self.map.inverse(x, self.made(x, context))
         return z, ladj.sum(dim=-1)
+
+    def _affine_stages(self) -> list[AffineStage] | None:
+        made = self.made
+        if type(self.map) is AffineMap and made.params == 2 and made._fusable:
+            return [AffineStage(made, self.map.bound)]
+        return None
 
     def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         forward = self.map.forward

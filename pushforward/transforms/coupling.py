@@ -16,9 +16,10 @@ from torch import Tensor, nn
 
 from pushforward import _validation as _v
 from pushforward.core import Transform
+from pushforward.fused_affine import AffineStage
 from pushforward.nn import MLP, ConvNet, with_context
 from pushforward.specs import serializable
-from pushforward.transforms.maps import ElementwiseMap, elementwise_map
+from pushforward.transforms.maps import AffineMap, ElementwiseMap, elementwise_map
 
 __all__ = ["Coupling", "AdditiveCoupling", "AffineCoupling", "coupling_mask", "MASKS"]
 
@@ -209,6 +210,17 @@ class Coupling(Transform):
 
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         return self._couple(x, context, False)
+
+    def _affine_stages(self) -> list[AffineStage] | None:
+        net = self.conditioner
+        if (type(self.map) is AffineMap and not self.image and not self.context_features
+                and isinstance(net, MLP) and net._fused_plan() is not None
+                and self._identity_slice is not None and self._transformed_slice is not None):
+            return [AffineStage(net, self.map.bound, self._parts)]
+        return None
+
+    def _parts(self) -> tuple[slice, slice, Tensor]:
+        return self._identity_slice, self._transformed_slice, self.transformed_index
 
     def extra_repr(self) -> str:
         """What ``repr`` shows after the class name."""

@@ -1,0 +1,248 @@
+"""Fused density path of affine layers: a MAF layer, or a whole flow of them, as one node.
+
+An affine layer maps ``x_B = x`` (MAF) or the transformed part ``x_B`` of ``x`` (a vector
+coupling, whose kept part ``x_A`` passes unchanged) to ``z_B = x_B e^{−s} + m`` with
+``(ŝ, m) = net(u)``, ``u = x`` (a MADE) or ``u = x_A`` (an MLP), ``−s = −B tanh(ŝ/B)``
+(``pushforward.transforms.maps.AffineMap``) and ``ladj = Σ −s``. ``Flow.log_prob`` of a chain of
+such layers on ``N(0, I)``,
+
+    log p(x) = Σ_k Σ_i −s_{k,i} − ½‖z‖² − (D/2) log 2π,
+
+runs here as **one** autograd node (``affine_chain``) with a written-out backward
+(``∂ log p/∂z = −z``, then each layer: ``∂z/∂x_B = e^{−s}``, ``∂z/∂m = 1``,
+``∂z/∂(−s) = x_B e^{−s}``, ``∂(−s)/∂ŝ = (−s/B)² − 1``, and the conditioner's stack as in
+``pushforward.fused``), so the per-layer wrappers, the ladj sums and the base density add no
+autograd node and no Python call per layer. A MAF layer called on its own is the same node with
+one stage and no base. When the backward is itself differentiated (``create_graph=True``) the
+node differentiates the general formula instead, so higher derivatives are exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from pushforward import fused as _fused
+
+__all__ = ["AffineStage", "affine_chain"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class AffineStage:
+    """One affine layer of the fused path: its conditioner and which features it reads and maps.
+
+    Args:
+        net: the conditioner, a module with a flat parameter ``flat`` and a method
+            ``_fused_plan()`` returning its ``pushforward.fused._Plan`` (a MADE or a fused MLP).
+            Its last layer's rows alternate ``(ŝ_i, m_i)``.
+        bound: the affine map's clamp ``B`` (None: none).
+        kept: for a coupling, a callable returning ``(slice of x_A, slice of x_B, index of
+            x_B)``; None for a MAF layer (``u = x_B = x``).
+    """
+
+    def __init__(self, net: nn.Module, bound: float | None,
+                 kept: Callable[[], tuple[slice, slice, Tensor]] | None = None) -> None:
+        self.net, self.bound, self.kept = net, bound, kept
+
+    def usable(self, x: Tensor, context: Tensor | None) -> bool:
+        """Whether the fused path may run this layer (dtypes, a context if read, no hooks)."""
+        net = self.net
+        if net._plan.context_slot is not None and (
+                context is None or context.dim() != 2 or context.dtype != x.dtype):
+            return False
+        return (x.dtype == net.flat.dtype and not net._forward_hooks
+                and not net._forward_pre_hooks)
+
+    def inverse(self, x: Tensor, context: Tensor | None, flat: Tensor,
+                plan: _fused._Plan) -> tuple[Tensor, Tensor, tuple]:
+        """``z``, ``−s`` and what the backward needs."""
+        weights, biases, context_weight = plan.weights(flat)
+        if self.kept is None:
+            context = context if context_weight is not None else None
+            neg, e, z, inputs = _affine(x, x, context, plan, weights, biases, context_weight,
+                                        self.bound)
+            return z, neg, (inputs, weights, context_weight, neg, e, x, x.shape[1])
+        part_a, part_b, index = self.kept()
+        x_b = x[:, part_b]
+        neg, e, z_b, inputs = _affine(x[:, part_a], x_b, None, plan, weights, biases, None,
+                                      self.bound)
+        return x.index_copy(1, index, z_b), neg, (inputs, weights, None, neg, e, x_b, x.shape[1])
+
+    def backward(self, saved: tuple, plan: _fused._Plan, flat: Tensor, context: Tensor | None,
+                 grad_z: Tensor | None, grad_ladj: Tensor | None, needs: Sequence[bool],
+                 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Gradients of ``x``, ``context`` and ``flat`` from those of ``z`` and ``ladj``.
+
+        ``grad_ladj`` is ``(batch, 1)`` (one value per sample: ``ladj`` is a sum over features).
+        """
+        inputs, weights, context_weight, neg, e, x_b, width = saved
+        batch = x_b.shape[0]
+        part_a = part_b = None
+        if self.kept is not None:
+            part_a, part_b, _ = self.kept()
+        grad_zb = grad_z if grad_z is None or part_b is None else grad_z[:, part_b]
+        if grad_zb is None:
+            grad_zb = torch.zeros_like(x_b)
+            direct = None
+            grad_neg = grad_ladj.expand_as(neg).clone()
+        else:
+            direct = grad_zb * e  # ∂z/∂x_B at fixed parameters
+            grad_neg = (torch.addcmul(grad_ladj, direct, x_b) if grad_ladj is not None
+                        else direct * x_b)
+        bound = self.bound
+        grad_raw = (grad_neg.neg_() if bound is None
+                    else grad_neg.mul_(neg.mul(1.0 / bound).square_().sub_(1.0)))
+        grad_out = torch.stack([grad_raw, grad_zb], dim=-1).view(batch, -1)
+        grad_u, grad_context, grad_flat = _fused._stack_backward(
+            plan, inputs, weights, context_weight, context, flat, grad_out, needs)
+        if not needs[0]:
+            return None, grad_context, grad_flat
+        if part_a is None:
+            grad_x = grad_u if direct is None else grad_u.add_(direct)
+            return grad_x, grad_context, grad_flat
+        grad_x = grad_out.new_empty(batch, width)
+        if grad_z is None:
+            grad_x[:, part_a] = grad_u
+            grad_x[:, part_b] = 0.0
+        else:
+            torch.add(grad_z[:, part_a], grad_u, out=grad_x[:, part_a])
+            grad_x[:, part_b] = direct
+        return grad_x, grad_context, grad_flat
+
+
+def _affine(u: Tensor, x: Tensor, context: Tensor | None, plan: _fused._Plan,
+            weights: list[Tensor], biases: list[Tensor], context_weight: Tensor | None,
+            bound: float | None) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    """``−s``, ``e^{−s}``, ``z`` and every layer's input, from the conditioner's weights.
+
+    The last layer's rows alternate ``(ŝ_i, m_i)``; it runs on a copy with the rows reordered
+    to ``[ŝ; m]`` and the ``ŝ`` rows scaled by ``−2/B`` (``_head``), so ``ŝ`` and ``m`` are
+    column blocks (faster elementwise work than on alternate columns: d = 16, 64 in
+    ``benchmarks/suite.py``). With a bound, ``−s = B (2 σ(−2ŝ/B) − 1)``.
+    """
+    last = len(weights) - 1
+    if last:
+        h, inputs = _fused._run(u, context, weights[:last], biases[:last], context_weight)
+        inputs.append(h.relu_())
+        context = None  # the context entered the first layer
+    else:
+        h, inputs = u, [u]
+    weight, bias = _head(plan, weights[last], biases[last], bound)
+    out = torch.addmm(bias, h, weight.t())
+    if context is not None:
+        out.addmm_(context, _reorder(context_weight, bound).t())
+    d = x.shape[1]
+    raw, shift = out[:, :d], out[:, d:]
+    # contiguous from here on: strided operands leave the vectorised kernels (exp: 2-3x)
+    neg = raw.contiguous() if bound is None else raw.sigmoid().mul_(2.0 * bound).sub_(bound)
+    e = neg.exp()
+    return neg, e, torch.addcmul(shift, x, e), inputs
+
+
+def _reorder(rows: Tensor, bound: float | None) -> Tensor:
+    """Rows ``(ŝ_1, m_1, ŝ_2, m_2, …)`` as ``[−2ŝ/B; m]`` (``[−ŝ; m]`` without a bound)."""
+    scale = -1.0 if bound is None else -2.0 / bound
+    return torch.cat([rows[0::2] * scale, rows[1::2]])
+
+
+def _head(plan: _fused._Plan, weight: Tensor, bias: Tensor,
+          bound: float | None) -> tuple[Tensor, Tensor]:
+    """The last layer reordered (``_reorder``), kept while the plan's weights are cached."""
+    head = plan.head
+    if head is None or head[0] is not weight or head[1] != bound:
+        head = plan.head = (weight, bound, _reorder(weight, bound), _reorder(bias, bound))
+    return head[2], head[3]
+
+
+def _run_chain(x: Tensor, context: Tensor | None, stages: Sequence[AffineStage],
+               flats: Sequence[Tensor], plans: Sequence[_fused._Plan], base: bool,
+               saved: list | None) -> tuple[Tensor, Tensor]:
+    """The stages in order, then the base density if ``base``: ``z`` and the total."""
+    total = None
+    for stage, flat, plan in zip(stages, flats, plans):
+        x, neg, state = stage.inverse(x, context, flat, plan)
+        ladj = neg.sum(-1)
+        total = ladj if total is None else total.add_(ladj)
+        if saved is not None:
+            saved.append(state)
+    if base:
+        total = total.sub_(x.square().sum(-1), alpha=0.5).sub_(x.shape[-1] * _HALF_LOG_2PI)
+    return x, total
+
+
+class _AffineChain(torch.autograd.Function):
+    """The stages (and the base density) as one node (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, context: Tensor | None, stages: Sequence[AffineStage],  # noqa: ANN001
+                plans: Sequence[_fused._Plan], base: bool, general: Callable,
+                *flats: Tensor) -> tuple[Tensor, Tensor]:
+        saved: list = []
+        with torch.enable_grad():  # rebuild the masked weights (see ``_Plan.weights``)
+            z, total = _run_chain(x, context, stages, flats, plans, base, saved)
+        ctx.save_for_backward(x, context, *flats)
+        ctx.states, ctx.stages, ctx.plans, ctx.base, ctx.general = (
+            saved, stages, plans, base, general)
+        ctx.z = z if base else None
+        ctx.set_materialize_grads(False)
+        return z, total
+
+    @staticmethod
+    def backward(ctx, grad_z: Tensor | None, grad_total: Tensor | None):  # noqa: ANN001, ANN205
+        x, context, *flats = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        if grad_z is None and grad_total is None:
+            return (None,) * len(needs)
+        if torch.is_grad_enabled():  # double backward: differentiate the general formula
+            wanted = [t for t, n in zip((x, context, *flats), needs[:2] + needs[6:]) if n]
+            with torch.enable_grad():
+                outputs = ctx.general(x, context)
+            pairs = [(o, g) for o, g in zip(outputs, (grad_z, grad_total)) if g is not None]
+            found = iter(torch.autograd.grad([o for o, _ in pairs], wanted,
+                                             [g for _, g in pairs], create_graph=True,
+                                             allow_unused=True))
+            grads = [next(found) if n else None for n in needs[:2] + needs[6:]]
+            return grads[0], grads[1], None, None, None, None, *grads[2:]
+        grad_ladj = None if grad_total is None else grad_total.unsqueeze(-1)
+        if ctx.base and grad_ladj is not None:
+            from_base = ctx.z * grad_ladj
+            grad_z = from_base.neg_() if grad_z is None else grad_z.sub(from_base)
+        grad_context = None
+        grad_flats: list[Tensor | None] = [None] * len(flats)
+        for k in range(len(flats) - 1, -1, -1):
+            want = (k > 0 or needs[0], needs[1], needs[6 + k])
+            grad_z, grad_c, grad_flats[k] = ctx.stages[k].backward(
+                ctx.states[k], ctx.plans[k], flats[k], context, grad_z, grad_ladj, want)
+            if grad_c is not None:
+                grad_context = grad_c if grad_context is None else grad_context.add_(grad_c)
+        return grad_z, grad_context, None, None, None, None, *grad_flats
+
+
+def affine_chain(x: Tensor, context: Tensor | None, stages: Sequence[AffineStage], base: bool,
+                 general: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]],
+                 ) -> tuple[Tensor, Tensor]:
+    """The density direction of affine layers in order, on the fast path.
+
+    Args:
+        x: ``(batch, d)``.
+        context: ``(batch, context_features)`` read by MAF layers, or None.
+        stages: the layers in the order the density direction applies them.
+        base: also add ``log N(z; 0, I)`` to the total.
+        general: ``general(x, context) -> (z, total)``, the differentiable formula (double
+            backward).
+
+    Returns:
+        ``z`` ``(batch, d)`` and ``Σ ladj`` (plus ``log p_0(z)`` if ``base``) ``(batch,)``.
+    """
+    flats = [stage.net.flat for stage in stages]
+    plans = [stage.net._fused_plan() for stage in stages]
+    if torch.is_grad_enabled() and (
+        x.requires_grad or any(f.requires_grad for f in flats)
+        or (context is not None and context.requires_grad)
+    ):
+        return _AffineChain.apply(x, context, stages, plans, base, general, *flats)
+    return _run_chain(x, context, stages, flats, plans, base, None)
