@@ -39,7 +39,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 __all__ = [
     "fast_path", "fast_path_enabled", "refresh", "FlatSlots", "flatten_linears", "relu_stack",
-    "global_hooks",
+    "global_hooks", "relu_backward",
 ]
 
 _ENABLED = True
@@ -301,15 +301,19 @@ def _run(x: Tensor, context: Tensor | None, weights: list[Tensor], biases: list[
 
 def _stack_backward(plan: _Plan, inputs: list[Tensor], weights: list[Tensor],
                     context_weight: Tensor | None, context: Tensor | None, flat: Tensor,
-                    grad: Tensor, needs: Sequence[bool],
+                    grad: Tensor, needs: Sequence[bool], grad_flat: Tensor | None = None,
                     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """The written-out backward of a stack: gradients of ``x``, ``context`` and ``flat``."""
+    """The written-out backward of a stack: gradients of ``x``, ``context`` and ``flat``.
+
+    ``weights`` (and ``inputs``) may be the first layers only, ``grad`` then being the gradient
+    of the last of them's output and ``grad_flat`` a buffer whose later slots the caller
+    filled; the mask is applied to all of it.
+    """
     grad_x = grad_context = None
-    if needs[2]:
+    if needs[2] and grad_flat is None:
         grad_flat = torch.empty_like(flat)
+    if grad_flat is not None:
         grad_weights, grad_biases, grad_context_weight = plan.unpack(grad_flat)
-    else:
-        grad_flat = None
     g = grad.contiguous()
     for k in range(len(weights) - 1, -1, -1):
         h = inputs[k]
@@ -332,12 +336,17 @@ def _stack_backward(plan: _Plan, inputs: list[Tensor], weights: list[Tensor],
             if needs[1]:
                 grad_context = torch.mm(g, context_weight)
         else:
-            g = torch.ops.aten.threshold_backward(torch.mm(g, weights[k]), h, 0)
+            g = relu_backward(torch.mm(g, weights[k]), h)
     if grad_flat is not None:
         mask = plan.packed_mask(grad_flat)
         if mask is not None:
             grad_flat.mul_(mask)  # masked entries never receive a gradient
     return grad_x, grad_context, grad_flat
+
+
+def relu_backward(grad: Tensor, output: Tensor) -> Tensor:
+    """``grad ⊙ [output > 0]``, written over ``grad`` (a fresh product nothing else reads)."""
+    return torch.ops.aten.threshold_backward.grad_input(grad, output, 0, grad_input=grad)
 
 
 class _ReluStack(torch.autograd.Function):

@@ -65,12 +65,13 @@ class AffineStage:
             context = context if context_weight is not None else None
             neg, e, z, inputs = _affine(x, x, context, plan, weights, biases, context_weight,
                                         self.bound)
-            return z, neg, (inputs, weights, context_weight, neg, e, x, x.shape[1])
+            return z, neg, (inputs, weights, plan.head[2], context_weight, neg, e, x)
         part_a, part_b, index = self.kept()
         x_b = x[:, part_b]
         neg, e, z_b, inputs = _affine(x[:, part_a], x_b, None, plan, weights, biases, None,
                                       self.bound)
-        return x.index_copy(1, index, z_b), neg, (inputs, weights, None, neg, e, x_b, x.shape[1])
+        state = (inputs, weights, plan.head[2], None, neg, e, x_b)
+        return x.index_copy(1, index, z_b), neg, state
 
     def backward(self, saved: tuple, plan: _fused._Plan, flat: Tensor, context: Tensor | None,
                  grad_z: Tensor | None, grad_ladj: Tensor | None, needs: Sequence[bool],
@@ -78,9 +79,11 @@ class AffineStage:
         """Gradients of ``x``, ``context`` and ``flat`` from those of ``z`` and ``ladj``.
 
         ``grad_ladj`` is ``(batch, 1)`` (one value per sample: ``ladj`` is a sum over features).
+        The last layer is differentiated in its reordered form ``[−2ŝ/B; m]`` (``_head``),
+        with ``∂(−s)/∂(−2ŝ/B) = (B/2)(1 − (s/B)²)``; its weight gradient is written back to
+        the interleaved rows.
         """
-        inputs, weights, context_weight, neg, e, x_b, width = saved
-        batch = x_b.shape[0]
+        inputs, weights, head, context_weight, neg, e, x_b = saved
         part_a = part_b = None
         if self.kept is not None:
             part_a, part_b, _ = self.kept()
@@ -94,17 +97,17 @@ class AffineStage:
             grad_neg = (torch.addcmul(grad_ladj, direct, x_b) if grad_ladj is not None
                         else direct * x_b)
         bound = self.bound
-        grad_raw = (grad_neg.neg_() if bound is None
-                    else grad_neg.mul_(neg.mul(1.0 / bound).square_().sub_(1.0)))
-        grad_out = torch.stack([grad_raw, grad_zb], dim=-1).view(batch, -1)
-        grad_u, grad_context, grad_flat = _fused._stack_backward(
-            plan, inputs, weights, context_weight, context, flat, grad_out, needs)
+        if bound is not None:
+            grad_neg.mul_(neg.square().mul_(-0.5 / bound).add_(0.5 * bound))
+        grad_u, grad_context, grad_flat = _head_backward(
+            plan, inputs, weights, head, context_weight, context, flat,
+            torch.cat([grad_neg, grad_zb], 1), bound, needs)
         if not needs[0]:
             return None, grad_context, grad_flat
         if part_a is None:
             grad_x = grad_u if direct is None else grad_u.add_(direct)
             return grad_x, grad_context, grad_flat
-        grad_x = grad_out.new_empty(batch, width)
+        grad_x = grad_u.new_empty(x_b.shape[0], x_b.shape[1] + grad_u.shape[1])
         if grad_z is None:
             grad_x[:, part_a] = grad_u
             grad_x[:, part_b] = 0.0
@@ -112,6 +115,48 @@ class AffineStage:
             torch.add(grad_z[:, part_a], grad_u, out=grad_x[:, part_a])
             grad_x[:, part_b] = direct
         return grad_x, grad_context, grad_flat
+
+
+def _head_backward(plan: _fused._Plan, inputs: list[Tensor], weights: list[Tensor],
+                   head: Tensor, context_weight: Tensor | None, context: Tensor | None,
+                   flat: Tensor, grad: Tensor, bound: float | None, needs: Sequence[bool],
+                   ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The conditioner's backward from ``grad`` of the reordered last layer's output.
+
+    ``head`` is that layer's reordered weight, as the forward used it.
+    """
+    last = len(weights) - 1
+    grad_flat = torch.empty_like(flat) if needs[2] else None
+    h = inputs[last]
+    top_context = context if last == 0 else None
+    if grad_flat is not None:
+        grad_weights, grad_biases, grad_context_weight = plan.unpack(grad_flat)
+        rows = (torch.mm(h.t(), grad).t() if h.shape[1] < grad.shape[1]
+                else torch.mm(grad.t(), h))
+        _write_back(rows, grad_weights[last], bound)
+        _write_back(grad.sum(0), grad_biases[last], bound)
+        if top_context is not None:
+            _write_back(torch.mm(grad.t(), top_context), grad_context_weight, bound)
+    if last:
+        grad_h = _fused.relu_backward(torch.mm(grad, head), h)
+        return _fused._stack_backward(plan, inputs[:last], weights[:last], context_weight,
+                                      context, flat, grad_h, needs, grad_flat)
+    _fused._stack_backward(plan, [], [], None, None, flat, grad, (False, False, False),
+                           grad_flat)  # the mask on the gradient
+    grad_u = torch.mm(grad, head) if needs[0] else None
+    grad_context = (torch.mm(grad, _reorder(context_weight, bound))
+                    if needs[1] and top_context is not None else None)
+    return grad_u, grad_context, grad_flat
+
+
+def _write_back(rows: Tensor, slot: Tensor, bound: float | None) -> None:
+    """``slot`` (rows ``ŝ_1, m_1, ŝ_2, …``) from the gradient of the rows ``[−2ŝ/B; m]``."""
+    scale = -1.0 if bound is None else -2.0 / bound
+    d = rows.shape[0] // 2
+    rows = rows.reshape(2 * d, -1)
+    interleaved = slot.view(d, 2, -1)
+    torch.mul(rows[:d], scale, out=interleaved[:, 0])
+    interleaved[:, 1].copy_(rows[d:])
 
 
 def _affine(u: Tensor, x: Tensor, context: Tensor | None, plan: _fused._Plan,

@@ -252,6 +252,7 @@ def test_fused_maf_layer_gradcheck(bound: float | None, context: int) -> None:
 @pytest.mark.parametrize(("name", "kw"), [
     ("maf", {"features": 3, "transforms": 2, "hidden": [5, 6]}),
     ("maf", {"features": 3, "context": 2, "transforms": 2, "hidden": [5]}),
+    ("maf", {"features": 3, "context": 2, "transforms": 2, "hidden": []}),
     ("realnvp", {"features": 5, "transforms": 3, "hidden": [6, 5]}),
 ])
 def test_whole_flow_density_is_one_node_with_exact_derivatives(name: str, kw: dict) -> None:
