@@ -196,7 +196,7 @@ class Flow(nn.Module):
                 z, ladj = self.transform.inverse(x, context)
                 return z, self._base_log_prob(z, context) + ladj
 
-        return affine_chain(x, context, stages, True, general)[1]
+        return affine_chain(x, context, stages, True, general)
 
     def _base_log_prob(self, z: Tensor, context: Tensor | None) -> Tensor:
         if getattr(self.base, "context_features", 0):

@@ -40,13 +40,14 @@ class AffineStage:
             ``_fused_plan()`` returning its ``pushforward.fused._Plan`` (a MADE or a fused MLP).
             Its last layer's rows alternate ``(ŝ_i, m_i)``.
         bound: the affine map's clamp ``B`` (None: none).
-        kept: for a coupling, a callable returning ``(slice of x_A, slice of x_B, index of
-            x_B)``; None for a MAF layer (``u = x_B = x``).
+        parts: for a coupling, a callable returning the slices of ``x_A`` and ``x_B``; None for
+            a MAF layer (``u = x_B = x``).
     """
 
     def __init__(self, net: nn.Module, bound: float | None,
-                 kept: Callable[[], tuple[slice, slice, Tensor]] | None = None) -> None:
-        self.net, self.bound, self.kept = net, bound, kept
+                 parts: Callable[[], tuple[slice, slice]] | None = None) -> None:
+        self.net, self.bound, self.parts = net, bound, parts
+        self.cols = parts() if parts is not None else None  # the parts in the working layout
 
     def usable(self, x: Tensor, context: Tensor | None) -> bool:
         """Whether the fused path may run this layer (dtypes, a context if read, no hooks)."""
@@ -61,17 +62,20 @@ class AffineStage:
                 plan: _fused._Plan) -> tuple[Tensor, Tensor, tuple]:
         """``z``, ``−s`` and what the backward needs."""
         weights, biases, context_weight = plan.weights(flat)
-        if self.kept is None:
+        if self.parts is None:
             context = context if context_weight is not None else None
             neg, e, z, inputs = _affine(x, x, context, plan, weights, biases, context_weight,
                                         self.bound)
             return z, neg, (inputs, weights, plan.head[2], context_weight, neg, e, x)
-        part_a, part_b, index = self.kept()
-        x_b = x[:, part_b]
-        neg, e, z_b, inputs = _affine(x[:, part_a], x_b, None, plan, weights, biases, None,
-                                      self.bound)
+        part_a, part_b = self.cols
+        u, x_b = x[:, part_a], x[:, part_b]
+        neg, e, z_b, inputs = _affine(u, x_b, None, plan, weights, biases, None, self.bound)
         state = (inputs, weights, plan.head[2], None, neg, e, x_b)
-        return x.index_copy(1, index, z_b), neg, state
+        if part_a.step == 1 and part_b.step == 1:  # column blocks
+            return torch.cat([u, z_b] if part_a.start == 0 else [z_b, u], 1), neg, state
+        z = x.clone()
+        z[:, part_b] = z_b
+        return z, neg, state
 
     def backward(self, saved: tuple, plan: _fused._Plan, flat: Tensor, context: Tensor | None,
                  grad_z: Tensor | None, grad_ladj: Tensor | None, needs: Sequence[bool],
@@ -84,9 +88,7 @@ class AffineStage:
         the interleaved rows.
         """
         inputs, weights, head, context_weight, neg, e, x_b = saved
-        part_a = part_b = None
-        if self.kept is not None:
-            part_a, part_b, _ = self.kept()
+        part_a, part_b = self.cols if self.cols is not None else (None, None)
         grad_zb = grad_z if grad_z is None or part_b is None else grad_z[:, part_b]
         if grad_zb is None:
             grad_zb = torch.zeros_like(x_b)
@@ -107,12 +109,15 @@ class AffineStage:
         if part_a is None:
             grad_x = grad_u if direct is None else grad_u.add_(direct)
             return grad_x, grad_context, grad_flat
-        grad_x = grad_u.new_empty(x_b.shape[0], x_b.shape[1] + grad_u.shape[1])
-        if grad_z is None:
-            grad_x[:, part_a] = grad_u
-            grad_x[:, part_b] = 0.0
+        if grad_z is not None:
+            grad_u = grad_u.add_(grad_z[:, part_a])
+        if direct is None:
+            direct = torch.zeros_like(x_b)
+        if part_a.step == 1 and part_b.step == 1:  # column blocks
+            grad_x = torch.cat([grad_u, direct] if part_a.start == 0 else [direct, grad_u], 1)
         else:
-            torch.add(grad_z[:, part_a], grad_u, out=grad_x[:, part_a])
+            grad_x = grad_u.new_empty(x_b.shape[0], x_b.shape[1] + grad_u.shape[1])
+            grad_x[:, part_a] = grad_u
             grad_x[:, part_b] = direct
         return grad_x, grad_context, grad_flat
 
@@ -203,10 +208,47 @@ def _head(plan: _fused._Plan, weight: Tensor, bias: Tensor,
     return head[2], head[3]
 
 
+def _interleaved(stages: Sequence[AffineStage], d: int) -> bool:
+    """Whether every stage is a coupling on the even and odd features (alternating masks).
+
+    The chain then works on ``[x_even | x_odd]``, where every part is a column block (a cat
+    instead of a strided scatter, contiguous operands); ``cols`` are set to those blocks. Only
+    with the base density folded in, which ignores the order of ``z``.
+    """
+    if not stages or any(stage.parts is None for stage in stages):
+        return False
+    if all(stage.cols[0].step == 1 and stage.cols[1].step == 1 for stage in stages):
+        return False  # already blocks (half masks)
+    if not all({(a.start, a.step), (b.start, b.step)} == {(0, 2), (1, 2)}
+               for a, b in (stage.cols for stage in stages)):
+        return False
+    blocks = {0: slice(0, (d + 1) // 2, 1), 1: slice((d + 1) // 2, d, 1)}
+    for stage in stages:
+        stage.cols = (blocks[stage.cols[0].start], blocks[stage.cols[1].start])
+    return True
+
+
+def _split(x: Tensor) -> Tensor:
+    """``[x_even | x_odd]``."""
+    return torch.cat([x[:, 0::2], x[:, 1::2]], 1)
+
+
+def _merge(y: Tensor) -> Tensor:
+    """The inverse of ``_split``."""
+    x = torch.empty_like(y)
+    even = (y.shape[1] + 1) // 2
+    x[:, 0::2] = y[:, :even]
+    x[:, 1::2] = y[:, even:]
+    return x
+
+
 def _run_chain(x: Tensor, context: Tensor | None, stages: Sequence[AffineStage],
                flats: Sequence[Tensor], plans: Sequence[_fused._Plan], base: bool,
                saved: list | None) -> tuple[Tensor, Tensor]:
-    """The stages in order, then the base density if ``base``: ``z`` and the total."""
+    """The stages in order, then the base density if ``base``: ``z`` and the total.
+
+    ``z`` is in the layout ``x`` came in (``_interleaved``: possibly evens then odds).
+    """
     total = None
     for stage, flat, plan in zip(stages, flats, plans):
         x, neg, state = stage.inverse(x, context, flat, plan)
@@ -214,7 +256,7 @@ def _run_chain(x: Tensor, context: Tensor | None, stages: Sequence[AffineStage],
         total = ladj if total is None else total.add_(ladj)
         if saved is not None:
             saved.append(state)
-    if base:
+    if base:  # the base density does not depend on the order of the features
         total = total.sub_(x.square().sum(-1), alpha=0.5).sub_(x.shape[-1] * _HALF_LOG_2PI)
     return x, total
 
@@ -225,19 +267,22 @@ class _AffineChain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, context: Tensor | None, stages: Sequence[AffineStage],  # noqa: ANN001
                 plans: Sequence[_fused._Plan], base: bool, general: Callable,
-                *flats: Tensor) -> tuple[Tensor, Tensor]:
+                *flats: Tensor) -> tuple[Tensor, Tensor] | Tensor:
         saved: list = []
+        split = base and _interleaved(stages, x.shape[1])  # z is not returned then
         with torch.enable_grad():  # rebuild the masked weights (see ``_Plan.weights``)
-            z, total = _run_chain(x, context, stages, flats, plans, base, saved)
+            z, total = _run_chain(_split(x) if split else x, context, stages, flats, plans,
+                                  base, saved)
         ctx.save_for_backward(x, context, *flats)
         ctx.states, ctx.stages, ctx.plans, ctx.base, ctx.general = (
             saved, stages, plans, base, general)
-        ctx.z = z if base else None
+        ctx.z, ctx.split = (z if base else None), split
         ctx.set_materialize_grads(False)
-        return z, total
+        return total if base else (z, total)
 
     @staticmethod
-    def backward(ctx, grad_z: Tensor | None, grad_total: Tensor | None):  # noqa: ANN001, ANN205
+    def backward(ctx, *grads: Tensor | None):  # noqa: ANN001, ANN205
+        grad_z, grad_total = (None, grads[0]) if ctx.base else grads
         x, context, *flats = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if grad_z is None and grad_total is None:
@@ -245,7 +290,7 @@ class _AffineChain(torch.autograd.Function):
         if torch.is_grad_enabled():  # double backward: differentiate the general formula
             wanted = [t for t, n in zip((x, context, *flats), needs[:2] + needs[6:]) if n]
             with torch.enable_grad():
-                outputs = ctx.general(x, context)
+                outputs = ctx.general(x, context)  # (z, total)
             pairs = [(o, g) for o, g in zip(outputs, (grad_z, grad_total)) if g is not None]
             found = iter(torch.autograd.grad([o for o, _ in pairs], wanted,
                                              [g for _, g in pairs], create_graph=True,
@@ -264,12 +309,14 @@ class _AffineChain(torch.autograd.Function):
                 ctx.states[k], ctx.plans[k], flats[k], context, grad_z, grad_ladj, want)
             if grad_c is not None:
                 grad_context = grad_c if grad_context is None else grad_context.add_(grad_c)
+        if ctx.split and grad_z is not None:
+            grad_z = _merge(grad_z)
         return grad_z, grad_context, None, None, None, None, *grad_flats
 
 
 def affine_chain(x: Tensor, context: Tensor | None, stages: Sequence[AffineStage], base: bool,
                  general: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]],
-                 ) -> tuple[Tensor, Tensor]:
+                 ) -> tuple[Tensor, Tensor] | Tensor:
     """The density direction of affine layers in order, on the fast path.
 
     Args:
@@ -281,7 +328,8 @@ def affine_chain(x: Tensor, context: Tensor | None, stages: Sequence[AffineStage
             backward).
 
     Returns:
-        ``z`` ``(batch, d)`` and ``Σ ladj`` (plus ``log p_0(z)`` if ``base``) ``(batch,)``.
+        ``z`` ``(batch, d)`` and ``Σ ladj`` ``(batch,)``; with ``base``, ``Σ ladj + log p_0(z)``
+        alone.
     """
     flats = [stage.net.flat for stage in stages]
     plans = [stage.net._fused_plan() for stage in stages]
@@ -290,4 +338,6 @@ def affine_chain(x: Tensor, context: Tensor | None, stages: Sequence[AffineStage
         or (context is not None and context.requires_grad)
     ):
         return _AffineChain.apply(x, context, stages, plans, base, general, *flats)
-    return _run_chain(x, context, stages, flats, plans, base, None)
+    split = base and _interleaved(stages, x.shape[1])  # z is not returned then
+    z, total = _run_chain(_split(x) if split else x, context, stages, flats, plans, base, None)
+    return total if base else (z, total)

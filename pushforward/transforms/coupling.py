@@ -219,8 +219,8 @@ class Coupling(Transform):
             return [AffineStage(net, self.map.bound, self._parts)]
         return None
 
-    def _parts(self) -> tuple[slice, slice, Tensor]:
-        return self._identity_slice, self._transformed_slice, self.transformed_index
+    def _parts(self) -> tuple[slice, slice]:
+        return self._identity_slice, self._transformed_slice
 
     def extra_repr(self) -> str:
         """What ``repr`` shows after the class name."""
