@@ -302,18 +302,19 @@ def _run(x: Tensor, context: Tensor | None, weights: list[Tensor], biases: list[
 def _stack_backward(plan: _Plan, inputs: list[Tensor], weights: list[Tensor],
                     context_weight: Tensor | None, context: Tensor | None, flat: Tensor,
                     grad: Tensor, needs: Sequence[bool], grad_flat: Tensor | None = None,
+                    grad_views: tuple | None = None,
                     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The written-out backward of a stack: gradients of ``x``, ``context`` and ``flat``.
 
     ``weights`` (and ``inputs``) may be the first layers only, ``grad`` then being the gradient
     of the last of them's output and ``grad_flat`` a buffer whose later slots the caller
-    filled; the mask is applied to all of it.
+    filled (``grad_views``: its ``plan.unpack``); the mask is applied to all of it.
     """
     grad_x = grad_context = None
     if needs[2] and grad_flat is None:
         grad_flat = torch.empty_like(flat)
     if grad_flat is not None:
-        grad_weights, grad_biases, grad_context_weight = plan.unpack(grad_flat)
+        grad_weights, grad_biases, grad_context_weight = grad_views or plan.unpack(grad_flat)
     g = grad.contiguous()
     for k in range(len(weights) - 1, -1, -1):
         h = inputs[k]

@@ -134,8 +134,9 @@ def _head_backward(plan: _fused._Plan, inputs: list[Tensor], weights: list[Tenso
     grad_flat = torch.empty_like(flat) if needs[2] else None
     h = inputs[last]
     top_context = context if last == 0 else None
+    views = None
     if grad_flat is not None:
-        grad_weights, grad_biases, grad_context_weight = plan.unpack(grad_flat)
+        views = grad_weights, grad_biases, grad_context_weight = plan.unpack(grad_flat)
         rows = (torch.mm(h.t(), grad).t() if h.shape[1] < grad.shape[1]
                 else torch.mm(grad.t(), h))
         _write_back(rows, grad_weights[last], bound)
@@ -145,9 +146,9 @@ def _head_backward(plan: _fused._Plan, inputs: list[Tensor], weights: list[Tenso
     if last:
         grad_h = _fused.relu_backward(torch.mm(grad, head), h)
         return _fused._stack_backward(plan, inputs[:last], weights[:last], context_weight,
-                                      context, flat, grad_h, needs, grad_flat)
+                                      context, flat, grad_h, needs, grad_flat, views)
     _fused._stack_backward(plan, [], [], None, None, flat, grad, (False, False, False),
-                           grad_flat)  # the mask on the gradient
+                           grad_flat, views)  # the mask on the gradient
     grad_u = torch.mm(grad, head) if needs[0] else None
     grad_context = (torch.mm(grad, _reorder(context_weight, bound))
                     if needs[1] and top_context is not None else None)
