@@ -40,14 +40,14 @@ class AffineStage:
             ``_fused_plan()`` returning its ``pushforward.fused._Plan`` (a MADE or a fused MLP).
             Its last layer's rows alternate ``(ŝ_i, m_i)``.
         bound: the affine map's clamp ``B`` (None: none).
-        parts: for a coupling, a callable returning the slices of ``x_A`` and ``x_B``; None for
-            a MAF layer (``u = x_B = x``).
+        parts: for a coupling, the slices of ``x_A`` and ``x_B``; None for a MAF layer
+            (``u = x_B = x``).
     """
 
     def __init__(self, net: nn.Module, bound: float | None,
-                 parts: Callable[[], tuple[slice, slice]] | None = None) -> None:
+                 parts: tuple[slice, slice] | None = None) -> None:
         self.net, self.bound, self.parts = net, bound, parts
-        self.cols = parts() if parts is not None else None  # the parts in the working layout
+        self.cols = parts  # the parts in the working layout (``_interleaved``)
 
     def usable(self, x: Tensor, context: Tensor | None) -> bool:
         """Whether the fused path may run this layer (dtypes, a context if read, no hooks)."""

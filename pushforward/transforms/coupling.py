@@ -216,11 +216,9 @@ class Coupling(Transform):
         if (type(self.map) is AffineMap and not self.image and not self.context_features
                 and isinstance(net, MLP) and net._fused_plan() is not None
                 and self._identity_slice is not None and self._transformed_slice is not None):
-            return [AffineStage(net, self.map.bound, self._parts)]
+            parts = (self._identity_slice, self._transformed_slice)
+            return [AffineStage(net, self.map.bound, parts)]
         return None
-
-    def _parts(self) -> tuple[slice, slice]:
-        return self._identity_slice, self._transformed_slice
 
     def extra_repr(self) -> str:
         """What ``repr`` shows after the class name."""
