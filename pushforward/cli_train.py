@@ -32,6 +32,7 @@ from pushforward.cli_runs import (
     set_threads,
     write_json,
 )
+from pushforward.training.objectives import FlowMatching
 
 __all__ = ["DEFAULT_DATASET", "DEFAULT_FLOW", "DEFAULT_STEPS", "DEFAULT_LR", "DEFAULT_BATCH",
            "FLOW_MATCHING_FLOWS"]
@@ -57,7 +58,8 @@ def _train_parser(p: argparse.ArgumentParser) -> Runner:
     length.add_argument("--steps", type=positive_int,
                         help=f"optimisation steps (default {DEFAULT_STEPS})")
     length.add_argument("--epochs", type=positive_int, help="passes over the training split")
-    p.add_argument("--batch-size", type=positive_int, help=f"default {DEFAULT_BATCH}")
+    p.add_argument("--batch-size", type=positive_int,
+                   help=f"default {DEFAULT_BATCH}; flow matching: the path's (sphere-cnf: 4096)")
     p.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {DEFAULT_LR})")
     p.add_argument("--out", help="output folder (default runs/DATASET-FLOW)")
     p.add_argument("--seed", type=int, help="seeds the model, data split and order (default 0)")
@@ -120,7 +122,7 @@ def _resolve_train_args(args: argparse.Namespace) -> tuple[dict[str, Any], Path,
                 f"--resume: nothing to resume, {where}; check --out, or drop --resume to "
                 "start a new run"
             )
-    settings = {"dataset": DEFAULT_DATASET, "flow": DEFAULT_FLOW, "batch_size": DEFAULT_BATCH,
+    settings = {"dataset": DEFAULT_DATASET, "flow": DEFAULT_FLOW, "batch_size": None,
                 "lr": DEFAULT_LR, "seed": 0, "manifold": None, "preprocess": "logit",
                 "schedule": "cosine", "clip_grad": 5.0, "val_every": None, "patience": None,
                 "checkpoint_every": None, "dtype": "float32", "option": [], "size": None,
@@ -196,6 +198,11 @@ def _run_train(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot build flow {settings['flow']!r} with options {options}: "
                            f"{str(error).splitlines()[0] if str(error) else error}") from None
     flow = flow.to(device=device, dtype=dtype)
+    # sphere-cnf trains by Riemannian flow matching, at fit's flow-matching lr and batch size
+    # unless given
+    matching = settings["flow"].lower() in FLOW_MATCHING_FLOWS
+    if settings["batch_size"] is None:
+        settings["batch_size"] = FlowMatching().batch_size(flow) if matching else DEFAULT_BATCH
     n_params = sum(p.numel() for p in flow.parameters())
     steps_text = (f"{settings['steps']} steps" if settings["steps"] else
                   f"{settings['epochs']} epochs")
@@ -208,8 +215,6 @@ def _run_train(args: argparse.Namespace) -> int:
              "kind": bundle.kind, "event_shape": list(bundle.event_shape),
              "levels": bundle.levels}
     start = time.time()
-    # sphere-cnf trains by Riemannian flow matching, at fit's flow-matching lr unless given
-    matching = settings["flow"].lower() in FLOW_MATCHING_FLOWS
     history = fit(
         flow, bundle.train, bundle.val, steps=settings["steps"], epochs=settings["epochs"],
         batch_size=settings["batch_size"],

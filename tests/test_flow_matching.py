@@ -11,6 +11,7 @@ from torch import nn
 
 import pushforward as pf
 from pushforward.continuous import CNF, CondOTPath, TimeMLP, VPPath
+from pushforward.continuous.paths import stratified_uniform
 from pushforward.diagnostics import check_transform
 from pushforward.training.objectives import FlowMatching, MaximumLikelihood, ot_pairing
 
@@ -96,12 +97,13 @@ class _GaussianMarginalField(nn.Module):
         return self.mu + gain * (y - t * self.mu) + self.a + y @ self.b.T * t * (1 - t)
 
 
-def _gradient_statistics(offset: float, batches: int = 200, batch: int = 256):
+def _gradient_statistics(offset: float, batches: int = 200, batch: int = 256,
+                         pairs: int | None = None):
     torch.manual_seed(1)
     mu, s, sigma = torch.tensor([2.0, -1.0], dtype=torch.float64), 0.5, 0.01
     field = _GaussianMarginalField(mu, s, sigma, offset)
     flow = pf.Flow(CNF(field, 2, path=CondOTPath(sigma)), pf.StandardNormal(2)).double()
-    objective = FlowMatching(coupling="independent")
+    objective = FlowMatching(coupling="independent", pairs=pairs)
     grads = []
     for _ in range(batches):
         x = mu + s * torch.randn(batch, 2, dtype=torch.float64)
@@ -115,6 +117,37 @@ def _gradient_statistics(offset: float, batches: int = 200, batch: int = 256):
 def test_marginal_field_has_zero_expected_gradient():
     mean, stderr = _gradient_statistics(0.0)
     assert (mean.abs() < 4 * stderr).all(), (mean, stderr)
+
+
+def test_repeated_pairs_keep_the_marginal_field_a_stationary_point():
+    mean, stderr = _gradient_statistics(0.0, batches=100, batch=32, pairs=256)
+    assert (mean.abs() < 4 * stderr).all(), (mean, stderr)
+    mean, stderr = _gradient_statistics(0.1, batches=100, batch=32, pairs=256)
+    assert (mean[:2].abs() > 6 * stderr[:2]).all(), (mean, stderr)  # the control
+
+
+def test_pairs_draw_several_times_and_noises_per_data_point():
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, t, x, context=None):
+            seen.append((t.detach().clone(), x.shape))
+            return torch.zeros_like(x)
+
+    flow = pf.Flow(CNF(Recorder(), 2), pf.StandardNormal(2))
+    FlowMatching(coupling="independent", pairs=40).loss(flow, flow, torch.randn(16, 2), None)
+    t, shape = seen[-1]
+    assert shape == (48, 2) and t.unique().numel() == 48  # 3 repeats, fresh t for each
+    with pytest.raises(ValueError, match="pairs"):
+        FlowMatching(pairs=0)
+
+
+def test_stratified_times_are_uniform_and_cover_every_stratum():
+    torch.manual_seed(0)
+    u = torch.stack([stratified_uniform(7, dtype=torch.float64) for _ in range(4000)])
+    assert (u.mul(7).floor().sort(dim=1).values == torch.arange(7.0)).all()
+    counts = torch.histc(u[:, 0], bins=10, min=0, max=1)  # one coordinate: uniform on [0, 1)
+    assert ((counts - 400).abs() < 4 * math.sqrt(400)).all(), counts
 
 
 def test_shifted_field_has_nonzero_expected_gradient():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from pushforward.continuous.paths import stratified_uniform
 from pushforward.manifolds.spaces import Sphere
 
 __all__ = ["GeodesicPath"]
@@ -38,7 +39,8 @@ class GeodesicPath:
     antipodal points, where every great circle is a geodesic, one of them is chosen
     deterministically (so the result is always finite).
 
-    ``sample_time(n)`` draws the training times ``t = 1 − (1 − u)^p``, ``u ~ U[0, 1]``: with
+    ``sample_time(n)`` draws the training times ``t = 1 − (1 − u)^p``, ``u ~ U[0, 1]``
+    stratified over the batch (``stratified_uniform``): with
     ``time_power`` ``p > 1`` more of them fall near the data end ``t = 1``, where the marginal
     field of a sharp (or clustered) data set varies on the finest scale; ``p = 1`` is uniform.
 
@@ -61,6 +63,11 @@ class GeodesicPath:
     #: the noise-data pairing flow matching should use by default: minibatch OT pairing was
     #: measured to hurt on the sphere (volcano validation NLL −1.5 with OT, −2.6 without).
     coupling = "independent"
+    #: flow matching's default batch size and least number of (noise, time, data) triples per
+    #: step (repeating a smaller batch): the target's variance is what limits learning here
+    #: (flood, 3,000 steps: test NLL 1.08 nats at batch 256, 0.62 at 4096).
+    batch_size = 4096
+    pairs = 4096
 
     def __init__(self, n: int, time_power: float = 3.0) -> None:
         self.sphere = Sphere(n)
@@ -72,14 +79,14 @@ class GeodesicPath:
 
     def sample_time(self, n: int, dtype: torch.dtype | None = None,
                     device: torch.device | None = None) -> Tensor:
-        """Training times ``t = 1 − (1 − u)^p``, ``u ~ U[0, 1]``, shape ``(n,)`` in ``[0, 1]``.
+        """Training times ``t = 1 − (1 − u)^p``, ``u`` stratified uniform, shape ``(n,)``.
 
         Args:
             n: how many.
             dtype: their dtype (default: torch's default).
             device: their device.
         """
-        u = torch.rand(int(n), dtype=dtype, device=device)
+        u = stratified_uniform(n, dtype=dtype, device=device)
         return 1 - (1 - u) ** self.time_power
 
     def log(self, z: Tensor, x: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ def SphereCNF(
     features: int = 3,
     context: int = 0,
     *,
-    hidden: Sequence[int] = (512, 512, 512, 512),
+    hidden: Sequence[int] = (256, 256, 256, 256),
     activation: str = "silu",
     frequencies: int = 8,
     time_frequencies: int = 0,
@@ -37,7 +37,13 @@ def SphereCNF(
     coordinates (with Fourier features of the point), integrated from the uniform base at
     ``t = 0`` to the data at ``t = 1``; its density (w.r.t. the sphere's surface measure) is the
     exact change of variables through the Riemannian divergence. Train it with
-    ``pf.fit(flow, data, objective="flow-matching")``.
+    ``pf.fit(flow, data, objective="flow-matching")`` (batch 4096 by default: the geodesic
+    path's ``batch_size``).
+
+    Defaults (measured on the Earth data, 3,000 steps, docs/guide/earth.md): a 4×256 field at
+    batch 4096 beats a 4×512 one at batch 1024 or 2048 for the same or less time (flood test
+    NLL 0.62 against 0.79 / 0.66); 8 octaves of point features (volcano seed 0: −5.63 against
+    −3.57 with 4).
 
     Args:
         features: ambient dimension ``n`` (3 for the 2-sphere).

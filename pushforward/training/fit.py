@@ -107,7 +107,7 @@ def fit(
     *,
     epochs: int | None = None,
     steps: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     lr: float | None = None,
     schedule: str | None = "cosine",
     warmup: int | None = None,
@@ -143,7 +143,8 @@ def fit(
         val: validation data of the same kind (enables best-model restore and early stopping).
         epochs: passes over ``train``; or give ``steps`` (default 1,000 steps if neither).
         steps: optimisation steps in total.
-        batch_size: batch size per process.
+        batch_size: batch size per process; None: the objective's default (256; flow matching
+            on the sphere: 4096, its geodesic path's ``batch_size``).
         lr: Adam's (peak) learning rate; None: the objective's default (maximum likelihood:
             ``5e-3 · min(1, √(8/D))`` for ``D`` data dimensions; flow matching: 3e-3).
         schedule: ``"cosine"`` (decay to ``min_lr_ratio · lr`` at the last step), ``"plateau"``
@@ -196,6 +197,7 @@ def fit(
         raise TypeError(f"fit: flow must be a pushforward Flow, got {type(flow).__name__}")
     objective = make_objective(objective, coupling)
     lr = objective.learning_rate(flow) if lr is None else lr
+    batch_size = objective.batch_size(flow) if batch_size is None else batch_size
     _check_arguments(objective, lr, clip_grad, resume, checkpoint_dir, {
         "epochs": epochs, "steps": steps, "batch_size": batch_size, "val_every": val_every,
         "patience": patience, "checkpoint_every": checkpoint_every,

@@ -12,7 +12,9 @@ translation. Every objective has:
   flow); an objective that does not gets its gradients averaged across processes by ``fit``;
 - ``default_ema``, ``default_lr``, ``default_warmup``: the weight-averaging decay, the peak
   learning rate and the warm-up steps ``fit`` uses when ``ema`` / ``lr`` / ``warmup`` are not
-  given; ``learning_rate(flow)`` may adapt the peak rate to the flow (maximum likelihood does).
+  given; ``learning_rate(flow)`` may adapt the peak rate to the flow (maximum likelihood does);
+- ``batch_size(flow)``: the batch size ``fit`` uses when none is given (``default_batch_size``,
+  256; flow matching takes its path's ``batch_size`` when the path states one).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pushforward.continuous.paths import stratified_uniform
 from pushforward.core import Flow
 from pushforward.training._tree import attribute, submodules
 
@@ -62,10 +65,15 @@ class Objective:
     default_ema = 0.0
     default_lr = 1e-3
     default_warmup = 0
+    default_batch_size = 256
 
     def learning_rate(self, flow: nn.Module) -> float:
         """The peak learning rate ``fit`` uses for ``flow`` when none is given (``default_lr``)."""
         return self.default_lr
+
+    def batch_size(self, flow: nn.Module) -> int:
+        """The batch size ``fit`` uses for ``flow`` when none is given (``default_batch_size``)."""
+        return self.default_batch_size
 
     def check(self, flow: nn.Module) -> None:
         """Raise ``ValueError`` if ``flow`` cannot be trained with this objective."""
@@ -207,8 +215,9 @@ def _velocity_transform(flow: nn.Module) -> Any:
 class FlowMatching(Objective):
     """Conditional flow matching: regress the CNF's field on a conditional path's velocity.
 
-    With ``z ~ p_0`` (``flow.base``), ``x`` a data batch, ``t ~ U[0, 1]`` (or
-    ``path.sample_time(batch, dtype=, device=)`` when the path defines one) and
+    With ``z ~ p_0`` (``flow.base``), ``x`` a data batch, ``t ~ U[0, 1]`` stratified over the
+    batch (``stratified_uniform``; or ``path.sample_time(batch, dtype=, device=)`` when the
+    path defines one) and
     ``(x_t, u_t) = path.sample(z, x, t)``, the loss is
 
         L(θ) = E ‖v_θ(t, x_t, c) − u_t(x_t | z, x)‖²,
@@ -233,6 +242,13 @@ class FlowMatching(Objective):
         path: a path overriding the transform's own (None: ``flow.transform.path``).
         ema: the default decay of ``fit``'s weight average under this objective.
         lr: the default peak learning rate of ``fit`` under this objective.
+        pairs: the least number of ``(z, t, x)`` triples regressed per step: a smaller data
+            batch is repeated, each copy with its own ``z`` and ``t``; None: the path's
+            ``pairs`` when it states one (the sphere's: 4096), else no repeats.
+
+    The target's variance sets how fast the field is learned: on the sphere (flood, 4×256
+    field, 3,000 steps) test NLL 1.08 nats with batch 256, 0.68 with 256 data points × 16
+    draws, 0.62 with batch 4096, hence the geodesic path's ``batch_size`` and ``pairs``.
 
     Defaults (measured, 3,000 steps, test NLL of the exact density; checkerboard, 8 Gaussians,
     pinwheel mean): lr 3e-3 → 3.045 nats against 3.130 at 1e-3; OT pairing against
@@ -241,7 +257,7 @@ class FlowMatching(Objective):
     with lr 3e-3).
 
     Raises:
-        ValueError: an unknown coupling; ``"ot"`` with a conditional flow.
+        ValueError: an unknown coupling; ``"ot"`` with a conditional flow; a bad ``pairs``.
 
     References:
         Flow matching for generative modeling. Y. Lipman, R. T. Q. Chen, H. Ben-Hamu,
@@ -263,7 +279,8 @@ class FlowMatching(Objective):
     uses_model_forward = False
 
     def __init__(
-        self, coupling: str = "auto", path: Any = None, ema: float = 0.995, lr: float = 3e-3
+        self, coupling: str = "auto", path: Any = None, ema: float = 0.995, lr: float = 3e-3,
+        pairs: int | None = None,
     ) -> None:
         if coupling not in (*COUPLINGS, "auto"):
             raise ValueError(
@@ -280,6 +297,10 @@ class FlowMatching(Objective):
         if not (lr > 0 and math.isfinite(lr)):
             raise ValueError(f"FlowMatching: lr must be a positive number, got {lr}")
         self.default_lr = lr
+        if pairs is not None and not (isinstance(pairs, int) and pairs >= 1):
+            raise ValueError(f"FlowMatching: pairs must be a positive integer or None, got "
+                             f"{pairs!r}")
+        self.pairs = pairs
 
     def check(self, flow: nn.Module) -> None:
         """Raise ``ValueError`` unless ``flow`` has one velocity-field transform and a base."""
@@ -291,6 +312,11 @@ class FlowMatching(Objective):
                 "FlowMatching: coupling='ot' pairs noise with data across contexts, which "
                 "biases a conditional flow; use coupling='independent' (or 'auto')"
             )
+
+    def batch_size(self, flow: nn.Module) -> int:
+        """The path's ``batch_size`` when it states one (the sphere's: 4096), else 256."""
+        path = self.path if self.path is not None else _velocity_transform(flow).path
+        return int(getattr(path, "batch_size", self.default_batch_size))
 
     def _coupling(self, flow: Flow, path: Any) -> str:
         if self.coupling == "auto":
@@ -306,8 +332,13 @@ class FlowMatching(Objective):
         """``(L, L)``: the flow-matching loss of the batch (reported as is)."""
         transform = _velocity_transform(flow)
         path = self.path if self.path is not None else transform.path
+        ctx = flow.embed_context(context, x.shape[0])
+        pairs = self.pairs if self.pairs is not None else getattr(path, "pairs", None)
+        repeats = -(-int(pairs) // x.shape[0]) if pairs else 1
+        if repeats > 1:  # every data point with several (z, t) draws
+            x = x.repeat(repeats, *([1] * (x.dim() - 1)))
+            ctx = None if ctx is None else ctx.repeat(repeats, *([1] * (ctx.dim() - 1)))
         batch = x.shape[0]
-        ctx = flow.embed_context(context, batch)
         with torch.no_grad():
             if getattr(flow.base, "context_features", 0):
                 z = flow.base.sample(batch, ctx)
@@ -320,7 +351,7 @@ class FlowMatching(Objective):
             if callable(sample_time):
                 t = sample_time(batch, dtype=x.dtype, device=x.device)
             else:
-                t = torch.rand(batch, dtype=x.dtype, device=x.device)
+                t = stratified_uniform(batch, dtype=x.dtype, device=x.device)
             x_t, u_t = path.sample(z, x, t)
         v = transform.velocity(t, x_t, ctx)
         loss = (v - u_t).pow(2).reshape(batch, -1).sum(-1).mean()
