@@ -32,7 +32,7 @@ from pushforward.cli_runs import (
     set_threads,
     write_json,
 )
-from pushforward.training.objectives import FlowMatching
+from pushforward.training.objectives import Objective, make_objective
 
 __all__ = ["DEFAULT_DATASET", "DEFAULT_FLOW", "DEFAULT_STEPS", "DEFAULT_LR", "DEFAULT_BATCH",
            "FLOW_MATCHING_FLOWS"]
@@ -42,7 +42,7 @@ DEFAULT_FLOW = "nsf"
 DEFAULT_STEPS = 2000
 DEFAULT_LR = 2e-3
 FLOW_MATCHING_FLOWS = ("sphere-cnf",)
-DEFAULT_BATCH = 256
+DEFAULT_BATCH = Objective.default_batch_size
 
 _TRAIN_KEYS = ("dataset", "flow", "batch_size", "lr", "seed", "manifold", "preprocess",
                "schedule", "clip_grad", "val_every", "patience", "checkpoint_every", "dtype",
@@ -201,8 +201,9 @@ def _run_train(args: argparse.Namespace) -> int:
     # sphere-cnf trains by Riemannian flow matching, at fit's flow-matching lr and batch size
     # unless given
     matching = settings["flow"].lower() in FLOW_MATCHING_FLOWS
+    objective = make_objective("flow-matching" if matching else "mle")
     if settings["batch_size"] is None:
-        settings["batch_size"] = FlowMatching().batch_size(flow) if matching else DEFAULT_BATCH
+        settings["batch_size"] = objective.batch_size(flow)
     n_params = sum(p.numel() for p in flow.parameters())
     steps_text = (f"{settings['steps']} steps" if settings["steps"] else
                   f"{settings['epochs']} epochs")
@@ -219,7 +220,7 @@ def _run_train(args: argparse.Namespace) -> int:
         flow, bundle.train, bundle.val, steps=settings["steps"], epochs=settings["epochs"],
         batch_size=settings["batch_size"],
         lr=None if matching and args.lr is None else settings["lr"],
-        objective="flow-matching" if matching else "mle",
+        objective=objective,
         schedule=None if settings["schedule"] == "none" else settings["schedule"],
         clip_grad=settings["clip_grad"], val_every=settings["val_every"],
         patience=settings["patience"], seed=settings["seed"], checkpoint_dir=out,

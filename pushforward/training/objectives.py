@@ -313,10 +313,13 @@ class FlowMatching(Objective):
                 "biases a conditional flow; use coupling='independent' (or 'auto')"
             )
 
+    def _path(self, flow: nn.Module) -> Any:
+        """The path regressed on: the one given, else the transform's own."""
+        return self.path if self.path is not None else _velocity_transform(flow).path
+
     def batch_size(self, flow: nn.Module) -> int:
         """The path's ``batch_size`` when it states one (the sphere's: 4096), else 256."""
-        path = self.path if self.path is not None else _velocity_transform(flow).path
-        return int(getattr(path, "batch_size", self.default_batch_size))
+        return int(getattr(self._path(flow), "batch_size", self.default_batch_size))
 
     def _coupling(self, flow: Flow, path: Any) -> str:
         if self.coupling == "auto":
@@ -331,7 +334,7 @@ class FlowMatching(Objective):
     ) -> tuple[Tensor, Tensor]:
         """``(L, L)``: the flow-matching loss of the batch (reported as is)."""
         transform = _velocity_transform(flow)
-        path = self.path if self.path is not None else transform.path
+        path = self._path(flow)
         ctx = flow.embed_context(context, x.shape[0])
         pairs = self.pairs if self.pairs is not None else getattr(path, "pairs", None)
         repeats = -(-int(pairs) // x.shape[0]) if pairs else 1
