@@ -17,6 +17,8 @@ Run (one thread per process; datasets can run in parallel)::
     ...
     python examples/earth.py --merge --out docs
     python examples/earth.py --quick --out /tmp/earth
+    python examples/earth.py --datasets flood --seeds 1 --option frequencies=4 --batch-size 1024 \
+        --out /tmp/ablation    # one row of the ablation in docs/guide/earth.md
 
 References:
     Flow Matching on General Geometries. Chen & Lipman, 2024. arXiv:2302.03660 (RFM).
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 import pushforward as pf
+from pushforward.cli_base import option
 from pushforward.data import load_dataset, unit_to_latlon
 
 DATASETS = {"volcano": "volerup.csv", "earthquake": "quakes_all.csv", "flood": "flood.csv",
@@ -52,22 +55,24 @@ UNIFORM = math.log(4 * math.pi)
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "earth"
 
 
-def run(name: str, data: Path, seed: int, steps: int, options: dict) -> tuple[dict, pf.Flow]:
-    """Train one model on one split; return its record and the trained flow."""
+def run(name: str, data: Path, seed: int, steps: int, options: dict,
+        training: dict) -> tuple[dict, pf.Flow]:
+    """Train one model on one split (``training``: extra ``pf.fit`` keywords); return its
+    record and the trained flow."""
     bundle = load_dataset(data / DATASETS[name], seed=seed, manifold="sphere")
     torch.manual_seed(seed)
     flow = pf.flows.build("sphere-cnf", features=3, **options)
     start = time.time()
     history = pf.fit(flow, bundle.train, val=bundle.val, steps=steps, seed=seed,
                      objective="flow-matching", coupling="independent", progress=False,
-                     handle_signals=False)
+                     handle_signals=False, **training)
     seconds = time.time() - start
     flow.eval()
     with torch.no_grad():
         test = float(-flow.log_prob(bundle.test).mean())
     return {"seed": seed, "test_nll": test, "best_val_nll": min(history.val_nll),
             "train_seconds": seconds, "eval_seconds": time.time() - start - seconds,
-            "steps": steps}, flow
+            "steps": steps, "options": options, "training": training}, flow
 
 
 def density_map(flow: pf.Flow, test: torch.Tensor, title: str, path: Path) -> None:
@@ -131,6 +136,12 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0,
                         help="first seed; runs of other seeds already in <out>/earth/ are kept")
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--option", type=option, action="append", default=[],
+                        metavar="KEY=VALUE", help="a sphere-cnf preset option (JSON value), "
+                        "e.g. frequencies=4 or hidden=[512,512]; repeatable")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default: the flow-matching path's (4096)")
+    parser.add_argument("--lr", type=float, default=None, help="default: flow matching's (3e-3)")
     parser.add_argument("--quick", action="store_true", help="one dataset, one seed, few steps")
     parser.add_argument("--merge", action="store_true", help="only merge finished seeds")
     args = parser.parse_args()
@@ -143,6 +154,9 @@ def main() -> None:
     seeds = 1 if args.quick else args.seeds
     steps = 30 if args.quick else args.steps
     options = {"hidden": (32, 32)} if args.quick else {}
+    options.update(dict(args.option))
+    training = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr))
+                if v is not None}
     (args.out / "earth").mkdir(exist_ok=True)
     for name in names:
         part = args.out / "earth" / f"{name}.json"
@@ -150,7 +164,7 @@ def main() -> None:
         kept = json.loads(part.read_text())["runs"] if part.exists() and first else []
         runs = [r for r in kept if not first <= r["seed"] < first + seeds]
         for seed in range(first, first + seeds):
-            record, flow = run(name, args.data, seed, steps, options)
+            record, flow = run(name, args.data, seed, steps, options, training)
             runs = sorted([*runs, record], key=lambda r: r["seed"])
             print(f"{name:10s} seed {seed}: test NLL {record['test_nll']:7.3f} "
                   f"(train {record['train_seconds']:.0f} s)", flush=True)

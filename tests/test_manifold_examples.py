@@ -32,6 +32,21 @@ def test_earth_example_quick(tmp_path):
     assert (out / "earth_volcano.png").stat().st_size > 1000
 
 
+@pytest.mark.skipif(not (EARTH / "volerup.csv").is_file(), reason="Earth data not present")
+def test_earth_example_options_reach_the_run(tmp_path):
+    out = tmp_path / "earth"
+    result = _run([str(ROOT / "examples" / "earth.py"), "--quick", "--out", str(out),
+                   "--data", str(EARTH), "--option", "frequencies=2", "--batch-size", "64",
+                   "--lr", "0.01"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((out / "earth" / "volcano.json").read_text())["runs"][0]
+    assert run["options"] == {"hidden": [32, 32], "frequencies": 2}
+    assert run["training"] == {"batch_size": 64, "lr": 0.01}
+    bad = _run([str(ROOT / "examples" / "earth.py"), "--quick", "--out", str(out),
+                "--data", str(EARTH), "--option", "frequencies"], tmp_path)
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+
+
 def test_calibration_example_quick(tmp_path):
     out = tmp_path / "calibration.json"
     result = _run([str(ROOT / "examples" / "calibration.py"), "--quick", "--out", str(out)],
