@@ -17,7 +17,7 @@ Run (one thread per process; datasets can run in parallel)::
     ...
     python examples/earth.py --merge --out docs
     python examples/earth.py --quick --out /tmp/earth
-    python examples/earth.py --datasets flood --seeds 1 --option frequencies=4 --batch-size 1024 \
+    python examples/earth.py --datasets flood --seeds 1 --option frequencies=4 --batch-size 1024 --pairs 1 \
         --out /tmp/ablation    # one row of the ablation in docs/guide/earth.md
 
 References:
@@ -40,6 +40,7 @@ import torch
 import pushforward as pf
 from pushforward.cli_base import option
 from pushforward.data import load_dataset, unit_to_latlon
+from pushforward.training import FlowMatching
 
 DATASETS = {"volcano": "volerup.csv", "earthquake": "quakes_all.csv", "flood": "flood.csv",
             "fire": "fire.csv"}
@@ -57,15 +58,16 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / 
 
 def run(name: str, data: Path, seed: int, steps: int, options: dict,
         training: dict) -> tuple[dict, pf.Flow]:
-    """Train one model on one split (``training``: extra ``pf.fit`` keywords); return its
-    record and the trained flow."""
+    """Train one model on one split (``training``: extra ``pf.fit`` keywords, and ``pairs``
+    for ``FlowMatching``); return its record and the trained flow."""
     bundle = load_dataset(data / DATASETS[name], seed=seed, manifold="sphere")
     torch.manual_seed(seed)
     flow = pf.flows.build("sphere-cnf", features=3, **options)
     start = time.time()
+    fit_options = {k: v for k, v in training.items() if k != "pairs"}
+    objective = FlowMatching(coupling="independent", pairs=training.get("pairs"))
     history = pf.fit(flow, bundle.train, val=bundle.val, steps=steps, seed=seed,
-                     objective="flow-matching", coupling="independent", progress=False,
-                     handle_signals=False, **training)
+                     objective=objective, progress=False, handle_signals=False, **fit_options)
     seconds = time.time() - start
     flow.eval()
     with torch.no_grad():
@@ -142,6 +144,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="default: the flow-matching path's (4096)")
     parser.add_argument("--lr", type=float, default=None, help="default: flow matching's (3e-3)")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="least (noise, time, data) triples per step, repeating a smaller "
+                        "batch (default: the path's, 4096; 1: no repeats)")
     parser.add_argument("--quick", action="store_true", help="one dataset, one seed, few steps")
     parser.add_argument("--merge", action="store_true", help="only merge finished seeds")
     args = parser.parse_args()
@@ -157,6 +162,8 @@ def main() -> None:
     options.update(dict(args.option))
     training = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr))
                 if v is not None}
+    if args.pairs is not None:
+        training["pairs"] = args.pairs
     (args.out / "earth").mkdir(exist_ok=True)
     for name in names:
         part = args.out / "earth" / f"{name}.json"

@@ -37,11 +37,11 @@ def test_earth_example_options_reach_the_run(tmp_path):
     out = tmp_path / "earth"
     result = _run([str(ROOT / "examples" / "earth.py"), "--quick", "--out", str(out),
                    "--data", str(EARTH), "--option", "frequencies=2", "--batch-size", "64",
-                   "--lr", "0.01"], tmp_path)
+                   "--lr", "0.01", "--pairs", "1"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((out / "earth" / "volcano.json").read_text())["runs"][0]
     assert run["options"] == {"hidden": [32, 32], "frequencies": 2}
-    assert run["training"] == {"batch_size": 64, "lr": 0.01}
+    assert run["training"] == {"batch_size": 64, "lr": 0.01, "pairs": 1}
     bad = _run([str(ROOT / "examples" / "earth.py"), "--quick", "--out", str(out),
                 "--data", str(EARTH), "--option", "frequencies"], tmp_path)
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
