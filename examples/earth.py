@@ -17,8 +17,8 @@ Run (one thread per process; datasets can run in parallel)::
     ...
     python examples/earth.py --merge --out docs
     python examples/earth.py --quick --out /tmp/earth
-    python examples/earth.py --datasets flood --seeds 1 --option frequencies=4 --batch-size 1024 --pairs 1 \
-        --out /tmp/ablation    # one row of the ablation in docs/guide/earth.md
+    python examples/earth.py --datasets flood --seeds 1 --option frequencies=4 \
+        --batch-size 1024 --pairs 1 --out /tmp/ablation  # an ablation row of docs/guide/earth.md
 
 References:
     Flow Matching on General Geometries. Chen & Lipman, 2024. arXiv:2302.03660 (RFM).
