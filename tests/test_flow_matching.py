@@ -309,3 +309,16 @@ def test_conditional_flow_matching_recovers_the_conditional_mean():
         mean = samples.mean(0)
         assert torch.allclose(mean, torch.tensor([2 * value, -value]), atol=0.06), mean
         assert samples.std(0).sub(0.3).abs().max() < 0.06
+
+
+def test_the_path_sets_the_default_batch_lr_and_pairs():
+    sphere = pf.flows.build("sphere-cnf", features=3, hidden=(8,))
+    plane = pf.flows.build("cnf", features=2, hidden=(8,))
+    path = sphere.transform.path
+    objective = FlowMatching()
+    assert objective.batch_size(sphere) == path.batch_size == 4096
+    assert objective.learning_rate(sphere) == path.lr == 6e-3
+    assert (objective.batch_size(plane), objective.learning_rate(plane)) == (256, 3e-3)
+    assert FlowMatching(lr=1e-3).learning_rate(sphere) == 1e-3  # an explicit lr wins
+    with pytest.raises(ValueError, match="lr"):
+        FlowMatching(lr=0.0)

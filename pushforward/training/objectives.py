@@ -241,7 +241,8 @@ class FlowMatching(Objective):
             geodesic path, else OT).
         path: a path overriding the transform's own (None: ``flow.transform.path``).
         ema: the default decay of ``fit``'s weight average under this objective.
-        lr: the default peak learning rate of ``fit`` under this objective.
+        lr: the default peak learning rate of ``fit`` under this objective; None: the path's
+            ``lr`` when it states one (the sphere's: 6e-3), else 3e-3.
         pairs: the least number of ``(z, t, x)`` triples regressed per step: a smaller data
             batch is repeated, each copy with its own ``z`` and ``t``; None: the path's
             ``pairs`` when it states one (the sphere's: 4096), else no repeats.
@@ -277,10 +278,11 @@ class FlowMatching(Objective):
 
     name = "flow-matching"
     uses_model_forward = False
+    default_lr = 3e-3
 
     def __init__(
-        self, coupling: str = "auto", path: Any = None, ema: float = 0.995, lr: float = 3e-3,
-        pairs: int | None = None,
+        self, coupling: str = "auto", path: Any = None, ema: float = 0.995,
+        lr: float | None = None, pairs: int | None = None,
     ) -> None:
         if coupling not in (*COUPLINGS, "auto"):
             raise ValueError(
@@ -293,10 +295,11 @@ class FlowMatching(Objective):
         self.coupling = coupling
         self.path = path
         self.default_ema = _decay(ema)
-        lr = float(lr)
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"FlowMatching: lr must be a positive number, got {lr}")
-        self.default_lr = lr
+        if lr is not None:
+            lr = float(lr)
+            if not (lr > 0 and math.isfinite(lr)):
+                raise ValueError(f"FlowMatching: lr must be a positive number, got {lr}")
+        self.lr = lr
         if pairs is not None and not (isinstance(pairs, int) and pairs >= 1):
             raise ValueError(f"FlowMatching: pairs must be a positive integer or None, got "
                              f"{pairs!r}")
@@ -316,6 +319,12 @@ class FlowMatching(Objective):
     def _path(self, flow: nn.Module) -> Any:
         """The path regressed on: the one given, else the transform's own."""
         return self.path if self.path is not None else _velocity_transform(flow).path
+
+    def learning_rate(self, flow: nn.Module) -> float:
+        """``lr`` when given, else the path's ``lr`` (the sphere's: 6e-3), else 3e-3."""
+        if self.lr is not None:
+            return self.lr
+        return float(getattr(self._path(flow), "lr", self.default_lr))
 
     def batch_size(self, flow: nn.Module) -> int:
         """The path's ``batch_size`` when it states one (the sphere's: 4096), else 256."""
@@ -362,7 +371,7 @@ class FlowMatching(Objective):
 
     def __repr__(self) -> str:
         return (f"FlowMatching(coupling={self.coupling!r}, ema={self.default_ema}, "
-                f"lr={self.default_lr:g})")
+                f"lr={self.lr!r})")
 
 
 def _decay(value: float) -> float:
