@@ -143,7 +143,7 @@ def main() -> None:
                         "e.g. frequencies=4 or hidden=[512,512]; repeatable")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="default: the flow-matching path's (4096)")
-    parser.add_argument("--lr", type=float, default=None, help="default: flow matching's (3e-3)")
+    parser.add_argument("--lr", type=float, default=None, help="default: the sphere path's (6e-3)")
     parser.add_argument("--pairs", type=int, default=None,
                         help="least (noise, time, data) triples per step, repeating a smaller "
                         "batch (default: the path's, 4096; 1: no repeats)")
