@@ -316,19 +316,20 @@ class FlowMatching(Objective):
                 "biases a conditional flow; use coupling='independent' (or 'auto')"
             )
 
-    def _path(self, flow: nn.Module) -> Any:
-        """The path regressed on: the one given, else the transform's own."""
-        return self.path if self.path is not None else _velocity_transform(flow).path
+    def _path(self, transform: Any) -> Any:
+        """The path regressed on: the one given, else the (velocity) transform's own."""
+        return self.path if self.path is not None else transform.path
 
     def learning_rate(self, flow: nn.Module) -> float:
         """``lr`` when given, else the path's ``lr`` (the sphere's: 6e-3), else 3e-3."""
         if self.lr is not None:
             return self.lr
-        return float(getattr(self._path(flow), "lr", self.default_lr))
+        return float(getattr(self._path(_velocity_transform(flow)), "lr", self.default_lr))
 
     def batch_size(self, flow: nn.Module) -> int:
         """The path's ``batch_size`` when it states one (the sphere's: 4096), else 256."""
-        return int(getattr(self._path(flow), "batch_size", self.default_batch_size))
+        path = self._path(_velocity_transform(flow))
+        return int(getattr(path, "batch_size", self.default_batch_size))
 
     def _coupling(self, flow: Flow, path: Any) -> str:
         if self.coupling == "auto":
@@ -343,7 +344,7 @@ class FlowMatching(Objective):
     ) -> tuple[Tensor, Tensor]:
         """``(L, L)``: the flow-matching loss of the batch (reported as is)."""
         transform = _velocity_transform(flow)
-        path = self._path(flow)
+        path = self._path(transform)
         ctx = flow.embed_context(context, x.shape[0])
         pairs = self.pairs if self.pairs is not None else getattr(path, "pairs", None)
         repeats = -(-int(pairs) // x.shape[0]) if pairs else 1
