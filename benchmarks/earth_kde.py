@@ -1,11 +1,11 @@
 """A kernel baseline for the Earth benchmark: von Mises–Fisher kernel density estimates on S².
 
-``p(x) = (1/N) Σᵢ C(κ) exp(κ (xᵀxᵢ − 1))`` over the training points ``xᵢ``, with
-``C(κ) = κ / (2π (1 − e^{−2κ}))`` (the vMF density on ``S²`` w.r.t. surface measure, written
-stably), and one concentration ``κ`` per dataset and seed chosen on the validation split from a
-log grid (10 … 10⁵, 8 per decade). The splits are ``examples/earth.py``'s (``load_dataset``,
-80/10/10, seeded). A kernel estimate cannot memorise beyond its bandwidth: beside the flows it
-shows how much of a gap is the split and how much the model.
+``p(x) = (1/N) Σᵢ C(κ) exp(κ xᵀxᵢ)`` over the training points ``xᵢ`` (``log C`` from
+``vmf_log_normalizer``: the vMF density on ``S²`` w.r.t. surface measure), with one
+concentration ``κ`` per dataset and seed chosen on the validation split from a log grid
+(10 … 10⁵, 8 per decade). The splits are ``examples/earth.py``'s (``load_dataset``, 80/10/10,
+seeded). A kernel estimate cannot memorise beyond its bandwidth: beside the flows it shows how
+much of a gap is the split and how much the model.
 
     python benchmarks/earth_kde.py --data ../shared/data/earth            # 5 seeds
     python benchmarks/earth_kde.py --data ../shared/data/earth --seeds 2
@@ -20,22 +20,25 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 
-from pushforward.data import load_dataset
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from examples.earth import DATASETS  # noqa: E402
+from pushforward.data import load_dataset  # noqa: E402
+from pushforward.manifolds._bessel import vmf_log_normalizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-FILES = {"volcano": "volerup.csv", "earthquake": "quakes_all.csv", "flood": "flood.csv",
-         "fire": "fire.csv"}
 GRID = [10 ** (e / 8) for e in range(8, 41)]
 
 
 def log_density(train: torch.Tensor, x: torch.Tensor, kappa: float) -> torch.Tensor:
     """``log p(x)`` of the vMF kernel estimate, ``(batch,)``, computed in chunks of 1,024."""
-    log_c = math.log(kappa) - math.log(2 * math.pi) - math.log1p(-math.exp(-2 * kappa))
-    parts = [torch.logsumexp(kappa * (chunk @ train.T - 1), dim=1) for chunk in x.split(1024)]
+    log_c = vmf_log_normalizer(3, torch.tensor(kappa, dtype=train.dtype))
+    parts = [torch.logsumexp(kappa * (chunk @ train.T), dim=1) for chunk in x.split(1024)]
     return torch.cat(parts) - math.log(train.shape[0]) + log_c
 
 
@@ -55,7 +58,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
     results = {name: [run(Path(args.data) / file, seed) for seed in range(args.seeds)]
-               for name, file in FILES.items()}
+               for name, file in DATASETS.items()}
     lines = ["| dataset | vMF KDE test NLL | per seed (κ) |", "|---|---|---|"]
     for name, rows in results.items():
         tests = [r["test"] for r in rows]
