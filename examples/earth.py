@@ -59,13 +59,14 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / 
 def run(name: str, data: Path, seed: int, steps: int, options: dict,
         training: dict) -> tuple[dict, pf.Flow]:
     """Train one model on one split (``training``: extra ``pf.fit`` keywords, and ``pairs``
-    for ``FlowMatching``); return its record and the trained flow."""
+    and ``smoothing`` for ``FlowMatching``); return its record and the trained flow."""
     bundle = load_dataset(data / DATASETS[name], seed=seed, manifold="sphere")
     torch.manual_seed(seed)
     flow = pf.flows.build("sphere-cnf", features=3, **options)
     start = time.time()
-    fit_options = {k: v for k, v in training.items() if k != "pairs"}
-    objective = FlowMatching(coupling="independent", pairs=training.get("pairs"))
+    fit_options = {k: v for k, v in training.items() if k not in ("pairs", "smoothing")}
+    objective = FlowMatching(coupling="independent", pairs=training.get("pairs"),
+                             smoothing=training.get("smoothing", 0.0))
     history = pf.fit(flow, bundle.train, val=bundle.val, steps=steps, seed=seed,
                      objective=objective, progress=False, handle_signals=False, **fit_options)
     seconds = time.time() - start
@@ -147,6 +148,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=None,
                         help="least (noise, time, data) triples per step, repeating a smaller "
                         "batch (default: the path's, 4096; 1: no repeats)")
+    parser.add_argument("--smoothing", type=float, default=None,
+                        help="data smoothing, a multiple of each point's nearest-neighbour "
+                        "distance (default 0: none)")
     parser.add_argument("--quick", action="store_true", help="one dataset, one seed, few steps")
     parser.add_argument("--merge", action="store_true", help="only merge finished seeds")
     args = parser.parse_args()
@@ -162,8 +166,9 @@ def main() -> None:
     options.update(dict(args.option))
     training = {k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr))
                 if v is not None}
-    if args.pairs is not None:
-        training["pairs"] = args.pairs
+    for key in ("pairs", "smoothing"):
+        if getattr(args, key) is not None:
+            training[key] = getattr(args, key)
     (args.out / "earth").mkdir(exist_ok=True)
     for name in names:
         part = args.out / "earth" / f"{name}.json"

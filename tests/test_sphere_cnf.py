@@ -106,6 +106,43 @@ def test_geodesic_path_velocity_and_sphere():
     assert 0 <= float(times.min()) and float(times.max()) <= 1 and float(times.mean()) > 0.6
 
 
+def test_smoothing_moves_each_point_by_its_neighbour_distance():
+    path = GeodesicPath(3)
+    x = _points(3, 400, 7)
+    x[1] = x[0]  # a repeated point is not moved
+    torch.manual_seed(0)
+    moved = path.smooth(x, 0.5, repeats=50)
+    assert moved.shape == (20000, 3)
+    assert float((moved.norm(dim=-1) - 1).abs().max()) < 1e-12
+    angles = torch.acos((moved * x.repeat(50, 1)).sum(-1).clamp(-1, 1)).reshape(50, 400)
+    assert float(angles[:, :2].max()) < 1e-6
+    gap = torch.cdist(x, x) + 9 * torch.eye(400, dtype=x.dtype)
+    nearest = 2 * torch.asin(gap.min(dim=1).values / 2)
+    # ‖ξ‖ of a 2-D standard Gaussian has mean √(π/2); copies are drawn independently
+    ratio = angles[:, 2:].mean(0) / (0.5 * nearest[2:])
+    assert abs(float(ratio.mean()) - math.sqrt(math.pi / 2)) < 0.05
+    assert not torch.equal(moved[2], moved[402])
+    assert torch.allclose(path.smooth(x, 0.0, repeats=2), x.repeat(2, 1), rtol=0, atol=1e-15)
+
+
+def test_flow_matching_smoothing_option():
+    from pushforward.training.objectives import FlowMatching
+
+    with pytest.raises(ValueError, match="smoothing"):
+        FlowMatching(smoothing=-1)
+    with pytest.raises(ValueError, match="smooth"):
+        FlowMatching(smoothing=0.5).check(pf.flows.build("cnf", features=2))
+    flow = pf.flows.build("sphere-cnf", features=3, hidden=(8,))
+    x = _points(3, 16, 3).float()
+    torch.manual_seed(0)
+    bare, _ = FlowMatching().loss(flow, flow, x, None)
+    torch.manual_seed(0)
+    none, _ = FlowMatching(smoothing=0).loss(flow, flow, x, None)
+    torch.manual_seed(0)
+    smoothed, _ = FlowMatching(smoothing=0.5).loss(flow, flow, x, None)
+    assert torch.equal(bare, none) and torch.isfinite(smoothed) and not torch.equal(bare, smoothed)
+
+
 @pytest.mark.slow
 def test_preset_trains_by_flow_matching_and_learns():
     torch.manual_seed(0)

@@ -29,6 +29,19 @@ def _angle(a: Tensor, b: Tensor) -> Tensor:
                            torch.linalg.vector_norm(a + b, dim=-1))
 
 
+def _nearest_distance(x: Tensor, rows: int = 4096) -> Tensor:
+    """``(batch,)`` geodesic distance from each point to its nearest other point (0 if alone)."""
+    if x.shape[0] < 2:
+        return x.new_zeros(x.shape[0])
+    nearest = []
+    for start in range(0, x.shape[0], rows):  # bounded memory: rows × batch cosines at a time
+        cosine = x[start:start + rows] @ x.T
+        index = torch.arange(start, start + cosine.shape[0], device=x.device)
+        cosine[index - start, index] = -2.0  # not itself
+        nearest.append(cosine.argmax(dim=1))
+    return _angle(x, x[torch.cat(nearest)])
+
+
 class GeodesicPath:
     """Great-circle conditional paths ``z → x`` on the sphere ``𝕊ⁿ⁻¹`` (Chen & Lipman 2024).
 
@@ -148,6 +161,36 @@ class GeodesicPath:
         x_t = torch.cos(angle) * z + t.unsqueeze(-1) * torch.sinc(angle / torch.pi) * v
         u_t = -theta * torch.sin(angle) * z + torch.cos(angle) * v
         return x_t, u_t
+
+    def smooth(self, x: Tensor, scale: float, repeats: int = 1) -> Tensor:
+        """``repeats`` copies of the batch, each point moved to ``exp_x(scale · d₁(x) · ξ)``.
+
+        ``d₁(x)`` is the geodesic distance from ``x`` to its nearest other point of the batch
+        and ``ξ ~ N(0, I)`` in the tangent space at ``x``, drawn afresh for every copy: a
+        kernel smoothing of the batch whose bandwidth adapts to the local spacing of the data
+        (wide where points are sparse, none for a repeated point), which flow matching
+        regresses on instead of the bare points so that the field does not memorise them.
+
+        Args:
+            x: data points ``(batch, n)`` on the sphere.
+            scale: the bandwidth as a multiple of ``d₁``, ``≥ 0``.
+            repeats: how many independently perturbed copies, stacked along the batch.
+
+        Returns:
+            ``(repeats · batch, n)`` points on the sphere.
+        """
+        if x.dim() != 2 or x.shape[1] != self.n:
+            raise ValueError(f"GeodesicPath.smooth: x must be (batch, {self.n}), got "
+                             f"{tuple(x.shape)}")
+        bandwidth = scale * _nearest_distance(x)
+        x = x.repeat(repeats, 1)
+        xi = torch.randn_like(x)
+        xi = xi - (xi * x).sum(-1, keepdim=True) * x
+        v = bandwidth.repeat(repeats).unsqueeze(-1) * xi
+        norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+        # exp_x(v) = cos‖v‖ x + sin‖v‖ v/‖v‖, renormalised against round-off
+        moved = torch.cos(norm) * x + torch.sinc(norm / torch.pi) * v
+        return moved / torch.linalg.vector_norm(moved, dim=-1, keepdim=True)
 
     def cost(self, z: Tensor, x: Tensor) -> Tensor:
         """Squared geodesic distances ``d(z_i, x_j)²``, shape ``(batch_z, batch_x)``.

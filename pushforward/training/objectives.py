@@ -246,6 +246,13 @@ class FlowMatching(Objective):
         pairs: the least number of ``(z, t, x)`` triples regressed per step: a smaller data
             batch is repeated, each copy with its own ``z`` and ``t``; None: the path's
             ``pairs`` when it states one (the sphere's: 4096), else no repeats.
+        smoothing: regress on data points moved by ``path.smooth(x, smoothing, repeats)`` (a
+            kernel smoothing whose bandwidth is ``smoothing`` × each point's distance to its
+            nearest neighbour in the batch, so the field cannot memorise the training set);
+            0: the bare points. Measured on the sphere (seed 0, 3,000 steps, test NLL, 0 →
+            0.5): earthquake 0.01 → −0.06, flood 0.78 → 0.67, but volcano −8.65 → −7.63
+            (seed 1: −7.49 → −6.79), whose test points mostly repeat training points exactly,
+            and fire −1.07 → −1.05; hence off by default.
 
     The target's variance sets how fast the field is learned: on the sphere (flood, 4×256
     field, 3,000 steps) test NLL 1.08 nats with batch 256, 0.68 with 256 data points × 16
@@ -282,7 +289,7 @@ class FlowMatching(Objective):
 
     def __init__(
         self, coupling: str = "auto", path: Any = None, ema: float = 0.995,
-        lr: float | None = None, pairs: int | None = None,
+        lr: float | None = None, pairs: int | None = None, smoothing: float = 0.0,
     ) -> None:
         if coupling not in (*COUPLINGS, "auto"):
             raise ValueError(
@@ -304,12 +311,20 @@ class FlowMatching(Objective):
             raise ValueError(f"FlowMatching: pairs must be a positive integer or None, got "
                              f"{pairs!r}")
         self.pairs = pairs
+        smoothing = float(smoothing)
+        if not (smoothing >= 0 and math.isfinite(smoothing)):
+            raise ValueError(f"FlowMatching: smoothing must be a finite number >= 0, got "
+                             f"{smoothing}")
+        self.smoothing = smoothing
 
     def check(self, flow: nn.Module) -> None:
         """Raise ``ValueError`` unless ``flow`` has one velocity-field transform and a base."""
         if not isinstance(flow, Flow):
             raise ValueError(f"flow matching needs a pushforward Flow, got {type(flow).__name__}")
-        _velocity_transform(flow)
+        path = self._path(_velocity_transform(flow))
+        if self.smoothing and not callable(getattr(path, "smooth", None)):
+            raise ValueError(f"FlowMatching: smoothing={self.smoothing} needs a path with "
+                             f"smooth(x, scale, repeats); {type(path).__name__} has none")
         if self.coupling == "ot" and flow.context_features:
             raise ValueError(
                 "FlowMatching: coupling='ot' pairs noise with data across contexts, which "
@@ -348,9 +363,13 @@ class FlowMatching(Objective):
         ctx = flow.embed_context(context, x.shape[0])
         pairs = self.pairs if self.pairs is not None else getattr(path, "pairs", None)
         repeats = -(-int(pairs) // x.shape[0]) if pairs else 1
-        if repeats > 1:  # every data point with several (z, t) draws
-            x = x.repeat(repeats, *([1] * (x.dim() - 1)))
-            ctx = None if ctx is None else ctx.repeat(repeats, *([1] * (ctx.dim() - 1)))
+        with torch.no_grad():
+            if self.smoothing > 0:  # every copy perturbed afresh
+                x = path.smooth(x, self.smoothing, repeats)
+            elif repeats > 1:  # every data point with several (z, t) draws
+                x = x.repeat(repeats, *([1] * (x.dim() - 1)))
+        if repeats > 1 and ctx is not None:
+            ctx = ctx.repeat(repeats, *([1] * (ctx.dim() - 1)))
         batch = x.shape[0]
         with torch.no_grad():
             if getattr(flow.base, "context_features", 0):
@@ -372,7 +391,7 @@ class FlowMatching(Objective):
 
     def __repr__(self) -> str:
         return (f"FlowMatching(coupling={self.coupling!r}, ema={self.default_ema}, "
-                f"lr={self.lr!r})")
+                f"lr={self.lr!r}, smoothing={self.smoothing!r})")
 
 
 def _decay(value: float) -> float:
