@@ -189,8 +189,7 @@ class GeodesicPath:
         v = bandwidth.repeat(repeats).unsqueeze(-1) * xi
         norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
         # exp_x(v) = cos‖v‖ x + sin‖v‖ v/‖v‖, renormalised against round-off
-        moved = torch.cos(norm) * x + torch.sinc(norm / torch.pi) * v
-        return moved / torch.linalg.vector_norm(moved, dim=-1, keepdim=True)
+        return self.sphere.project(torch.cos(norm) * x + torch.sinc(norm / torch.pi) * v)
 
     def cost(self, z: Tensor, x: Tensor) -> Tensor:
         """Squared geodesic distances ``d(z_i, x_j)²``, shape ``(batch_z, batch_x)``.

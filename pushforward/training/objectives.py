@@ -363,15 +363,14 @@ class FlowMatching(Objective):
         ctx = flow.embed_context(context, x.shape[0])
         pairs = self.pairs if self.pairs is not None else getattr(path, "pairs", None)
         repeats = -(-int(pairs) // x.shape[0]) if pairs else 1
+        if repeats > 1 and ctx is not None:  # outside no_grad: an embedding net trains
+            ctx = ctx.repeat(repeats, *([1] * (ctx.dim() - 1)))
         with torch.no_grad():
             if self.smoothing > 0:  # every copy perturbed afresh
                 x = path.smooth(x, self.smoothing, repeats)
             elif repeats > 1:  # every data point with several (z, t) draws
                 x = x.repeat(repeats, *([1] * (x.dim() - 1)))
-        if repeats > 1 and ctx is not None:
-            ctx = ctx.repeat(repeats, *([1] * (ctx.dim() - 1)))
-        batch = x.shape[0]
-        with torch.no_grad():
+            batch = x.shape[0]
             if getattr(flow.base, "context_features", 0):
                 z = flow.base.sample(batch, ctx)
             else:
