@@ -150,6 +150,24 @@ def test_log_volume_ratio_basics():
         log_volume_ratio(lambda u: u, s.project, x, 5)
 
 
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_sphere_tangent_projection_and_exponential_map(n):
+    s = Sphere(n)
+    x = sphere_points(n, 16)
+    v = s.to_tangent(x, sphere_points(n, 16, seed=1))
+    assert (v * x).sum(-1).abs().max() < 1e-14
+    assert torch.allclose(s.to_tangent(x, v), v, atol=1e-15)  # a projection
+    y = s.exp(x, v)
+    assert ((y.norm(dim=-1) - 1).abs() < 1e-14).all()
+    # the geodesic distance travelled is ‖v‖ (for ‖v‖ < π)
+    v = v / v.norm(dim=-1, keepdim=True) * torch.rand(16, 1, dtype=D) * 3
+    angle = torch.acos((s.exp(x, v) * x).sum(-1).clamp(-1, 1))
+    assert torch.allclose(angle, v.norm(dim=-1), atol=1e-7)
+    # exp_x(0) = x, and the derivative at 0 is v: (exp_x(εv) − x)/ε → v
+    assert torch.equal(s.exp(x, torch.zeros_like(x)), x)
+    assert torch.allclose((s.exp(x, 1e-7 * v) - x) / 1e-7, v, atol=1e-6)
+
+
 def test_log_volume_ratio_is_differentiable_in_parameters():
     t = NormalizedAffine(3, matrix=random_matrix(3, 0), shift=torch.tensor([0.1, 0.2, -0.3]))
     t = t.double()

@@ -118,7 +118,7 @@ class GeodesicPath:
             ``(batch, n)``, orthogonal to ``z``.
         """
         theta = _angle(z, x).unsqueeze(-1)
-        w = x - (z * x).sum(-1, keepdim=True) * z  # ‖w‖ = sin θ
+        w = self.sphere.to_tangent(z, x)  # ‖w‖ = sin θ
         norm = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
         tiny = torch.finfo(z.dtype).eps
         # Antipodal points: w vanishes while θ = π; take a fixed tangent direction at z.
@@ -157,8 +157,7 @@ class GeodesicPath:
         v = self.log(z, x)
         theta = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
         angle = t.unsqueeze(-1) * theta
-        # sin(tθ)/θ = t·sinc(tθ/π) (torch.sinc(u) = sin(πu)/(πu)), finite at θ = 0
-        x_t = torch.cos(angle) * z + t.unsqueeze(-1) * torch.sinc(angle / torch.pi) * v
+        x_t = self.sphere.exp(z, t.unsqueeze(-1) * v)
         u_t = -theta * torch.sin(angle) * z + torch.cos(angle) * v
         return x_t, u_t
 
@@ -184,12 +183,9 @@ class GeodesicPath:
                              f"{tuple(x.shape)}")
         bandwidth = scale * _nearest_distance(x)
         x = x.repeat(repeats, 1)
-        xi = torch.randn_like(x)
-        xi = xi - (xi * x).sum(-1, keepdim=True) * x
+        xi = self.sphere.to_tangent(x, torch.randn_like(x))
         v = bandwidth.repeat(repeats).unsqueeze(-1) * xi
-        norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
-        # exp_x(v) = cos‖v‖ x + sin‖v‖ v/‖v‖, renormalised against round-off
-        return self.sphere.project(torch.cos(norm) * x + torch.sinc(norm / torch.pi) * v)
+        return self.sphere.project(self.sphere.exp(x, v))  # renormalised against round-off
 
     def cost(self, z: Tensor, x: Tensor) -> Tensor:
         """Squared geodesic distances ``d(z_i, x_j)²``, shape ``(batch_z, batch_x)``.

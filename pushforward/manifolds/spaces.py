@@ -59,6 +59,18 @@ class Sphere:
         r"""``π(z) = z / ‖z‖`` (idempotent on ``ℝⁿ \ {0}``)."""
         return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True)
 
+    @staticmethod
+    def to_tangent(x: Tensor, v: Tensor) -> Tensor:
+        """``(I − xxᵀ) v``: ``v``'s component in the tangent space at the unit point ``x``."""
+        return v - (v * x).sum(-1, keepdim=True) * x
+
+    @staticmethod
+    def exp(x: Tensor, v: Tensor) -> Tensor:
+        """``exp_x(v) = cos‖v‖ x + sin‖v‖ v/‖v‖``, ``v`` tangent at ``x`` (finite at ``v = 0``)."""
+        norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+        # sin‖v‖/‖v‖ = sinc(‖v‖/π) (torch.sinc(u) = sin(πu)/(πu))
+        return torch.cos(norm) * x + torch.sinc(norm / torch.pi) * v
+
     def tangent_basis(self, x: Tensor) -> Tensor:
         """Orthonormal bases ``(batch, n, n − 1)`` of the tangent spaces ``x⊥``.
 

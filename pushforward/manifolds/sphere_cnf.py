@@ -41,11 +41,6 @@ def _unit(x: Tensor) -> Tensor:
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
 
 
-def _tangent(x_hat: Tensor, f: Tensor) -> Tensor:
-    """``(I − x̂x̂ᵀ) f``."""
-    return f - (f * x_hat).sum(-1, keepdim=True) * x_hat
-
-
 class SphereField(nn.Module):
     """An MLP vector field on ``𝕊ⁿ⁻¹``: ``v(t, x, c) = (I − x̂x̂ᵀ) MLP([φ(x̂), γ(t), c])``.
 
@@ -125,7 +120,7 @@ class SphereField(nn.Module):
         parts = [self.embed_point(x_hat), self.embed_time(t.expand(x.shape[0], 1))]
         if context is not None:
             parts.append(context.to(x.dtype))
-        return _tangent(x_hat, self.net(torch.cat(parts, dim=-1)))
+        return Sphere.to_tangent(x_hat, self.net(torch.cat(parts, dim=-1)))
 
 
 def _steps(value: int | None) -> int | None:
@@ -304,7 +299,7 @@ class SphereCNF(Transform):
             out = self.field(t, x_hat)
         else:
             out = self.field(t, x_hat, context.to(x.dtype))
-        return _tangent(x_hat, out)
+        return Sphere.to_tangent(x_hat, out)
 
     def _solve(self, value: Tensor, context: Tensor | None, t0: float, t1: float
                ) -> tuple[Tensor, Tensor]:
