@@ -106,7 +106,7 @@ def test_geodesic_path_velocity_and_sphere():
     assert 0 <= float(times.min()) and float(times.max()) <= 1 and float(times.mean()) > 0.6
 
 
-def test_smoothing_moves_each_point_by_its_neighbour_distance():
+def test_smoothing_moves_each_point_by_its_second_neighbour_distance():
     path = GeodesicPath(3)
     x = _points(3, 400, 7)
     x[1] = x[0]  # a repeated point is not moved
@@ -117,12 +117,26 @@ def test_smoothing_moves_each_point_by_its_neighbour_distance():
     angles = torch.acos((moved * x.repeat(50, 1)).sum(-1).clamp(-1, 1)).reshape(50, 400)
     assert float(angles[:, :2].max()) < 1e-6
     gap = torch.cdist(x, x) + 9 * torch.eye(400, dtype=x.dtype)
-    nearest = 2 * torch.asin(gap.min(dim=1).values / 2)
-    # ‖ξ‖ of a 2-D standard Gaussian has mean √(π/2); copies are drawn independently
-    ratio = angles[:, 2:].mean(0) / (0.5 * nearest[2:])
-    assert abs(float(ratio.mean()) - math.sqrt(math.pi / 2)) < 0.05
+    second = 2 * torch.asin(gap.topk(2, dim=1, largest=False).values[:, 1] / 2)
+    # ‖ξ‖ of a 2-D standard Gaussian has mean √(π/2); a copy moves with probability N₁/N =
+    # 398/400; copies are drawn independently
+    ratio = angles[:, 2:].mean(0) / (0.5 * second[2:])
+    assert abs(float(ratio.mean()) - 398 / 400 * math.sqrt(math.pi / 2)) < 0.05
     assert not torch.equal(moved[2], moved[402])
     assert torch.allclose(path.smooth(x, 0.0, repeats=2), x.repeat(2, 1), rtol=0, atol=1e-15)
+
+
+def test_smoothing_keeps_a_good_turing_share_of_the_points_exact():
+    # 100 sites seen 3 times each and 100 seen once: N₁/N = 100/400 of the copies are moved
+    path = GeodesicPath(3)
+    sites = _points(3, 200, 3)
+    x = torch.cat([sites[:100].repeat(3, 1), sites[100:]])
+    torch.manual_seed(1)
+    moved = path.smooth(x, 0.5, repeats=40)
+    angles = torch.acos((moved * x.repeat(40, 1)).sum(-1).clamp(-1, 1)).reshape(40, 400)
+    assert float(angles[:, :300].max()) < 1e-6  # repeated sites never move
+    share = float((angles[:, 300:] > 1e-6).to(x.dtype).mean())
+    assert abs(share - 0.25) < 0.03  # 4,000 Bernoulli(1/4) draws: sd 0.007
 
 
 def test_flow_matching_smoothing_option():
