@@ -66,7 +66,7 @@ def run(name: str, data: Path, seed: int, steps: int, options: dict,
     start = time.time()
     fit_options = {k: v for k, v in training.items() if k not in ("pairs", "smoothing")}
     objective = FlowMatching(coupling="independent", pairs=training.get("pairs"),
-                             smoothing=training.get("smoothing", 0.0))
+                             smoothing=training.get("smoothing"))
     history = pf.fit(flow, bundle.train, val=bundle.val, steps=steps, seed=seed,
                      objective=objective, progress=False, handle_signals=False, **fit_options)
     seconds = time.time() - start
@@ -149,8 +149,8 @@ def main() -> None:
                         help="least (noise, time, data) triples per step, repeating a smaller "
                         "batch (default: the path's, 4096; 1: no repeats)")
     parser.add_argument("--smoothing", type=float, default=None,
-                        help="data smoothing, a multiple of each point's nearest-neighbour "
-                        "distance (default 0: none)")
+                        help="data smoothing, a multiple of each point's second-neighbour "
+                        "distance (default: the path's, 0.7; 0: none)")
     parser.add_argument("--quick", action="store_true", help="one dataset, one seed, few steps")
     parser.add_argument("--merge", action="store_true", help="only merge finished seeds")
     args = parser.parse_args()

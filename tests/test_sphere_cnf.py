@@ -146,15 +146,17 @@ def test_flow_matching_smoothing_option():
         FlowMatching(smoothing=-1)
     with pytest.raises(ValueError, match="smooth"):
         FlowMatching(smoothing=0.5).check(pf.flows.build("cnf", features=2))
+    FlowMatching().check(pf.flows.build("cnf", features=2))  # no smoothing by default in ℝᵈ
     flow = pf.flows.build("sphere-cnf", features=3, hidden=(8,))
     x = _points(3, 16, 3).float()
-    torch.manual_seed(0)
-    bare, _ = FlowMatching().loss(flow, flow, x, None)
-    torch.manual_seed(0)
-    none, _ = FlowMatching(smoothing=0).loss(flow, flow, x, None)
-    torch.manual_seed(0)
-    smoothed, _ = FlowMatching(smoothing=0.5).loss(flow, flow, x, None)
-    assert torch.equal(bare, none) and torch.isfinite(smoothed) and not torch.equal(bare, smoothed)
+    losses = {}
+    for smoothing in (None, flow.transform.path.smoothing, 0, 0.5):
+        torch.manual_seed(0)
+        losses[smoothing] = FlowMatching(smoothing=smoothing).loss(flow, flow, x, None)[0]
+    # the default is the sphere path's own smoothing; 0 regresses on the bare points
+    assert torch.equal(losses[None], losses[flow.transform.path.smoothing])
+    assert flow.transform.path.smoothing > 0 and not torch.equal(losses[None], losses[0])
+    assert all(torch.isfinite(v) for v in losses.values())
 
 
 @pytest.mark.slow
