@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from examples.earth import DATASETS  # noqa: E402
 from pushforward.data import load_dataset  # noqa: E402
 from pushforward.manifolds._bessel import vmf_log_normalizer  # noqa: E402
+from pushforward.manifolds.geodesic import _neighbour_distances  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GRID = [10 ** (e / 8) for e in range(8, 41)]
@@ -58,13 +59,6 @@ def log_density(train: torch.Tensor, x: torch.Tensor, kappa: torch.Tensor | floa
     return torch.cat(parts) - math.log(train.shape[0])
 
 
-def neighbour_distances(train: torch.Tensor, k: int) -> torch.Tensor:
-    """``d_k(xᵢ)``: geodesic distance from each training point to its ``k``-th nearest other."""
-    cosine = train @ train.T
-    cosine.fill_diagonal_(-2.0)
-    return torch.acos(cosine.topk(k, dim=1).values[:, -1].clamp(-1.0, 1.0))
-
-
 def fixed(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor) -> dict:
     """One κ chosen on validation, and the validation and test NLL at that κ."""
     val_nll, kappa = min((-float(log_density(train, val, k).mean()), k) for k in GRID)
@@ -74,7 +68,7 @@ def fixed(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor) -> dict:
 
 def adaptive(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor, floor: float) -> dict:
     """``κᵢ = 1/(α · max(d_k(xᵢ), floor))²`` with ``k`` and ``α`` chosen on validation."""
-    distances = {k: neighbour_distances(train, k).clamp(min=floor) for k in NEIGHBOURS}
+    distances = {k: _neighbour_distances(train, k)[1].clamp(min=floor) for k in NEIGHBOURS}
     val_nll, k, alpha = min(
         (-float(log_density(train, val, 1 / (a * distances[k]) ** 2).mean()), k, a)
         for k in NEIGHBOURS for a in SCALES)
