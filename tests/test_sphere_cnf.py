@@ -139,6 +139,51 @@ def test_smoothing_keeps_a_good_turing_share_of_the_points_exact():
     assert abs(share - 0.25) < 0.03  # 4,000 Bernoulli(1/4) draws: sd 0.007
 
 
+def test_neighbour_table_gives_whole_set_distances_to_a_subsample():
+    from pushforward.manifolds.geodesic import NeighbourDistances
+
+    path = GeodesicPath(3)
+    x = _points(3, 2000, 11)
+    x[1] = x[0]
+    table = path.neighbours(x)
+    gap = (x[:, None] - x[None]).norm(dim=-1) + 9 * torch.eye(2000, dtype=x.dtype)
+    chord = gap.topk(2, dim=1, largest=False).values
+    nearest, second = (2 * torch.asin(chord / 2)).unbind(-1)
+    batch = torch.randperm(2000, generator=torch.Generator().manual_seed(0))[:500]
+    d1, d2, unseen = table.lookup(x[batch])
+    assert torch.allclose(d1, nearest[batch], atol=1e-12)
+    assert torch.allclose(d2[d1 > 0], second[batch][d1 > 0], atol=1e-12)
+    assert math.isclose(float(unseen), 1998 / 2000)
+    # a quarter of the points have a quarter of the density: in-batch d₂ ≈ 2× the whole set's
+    inside = GeodesicPath(3).smooth
+    assert table.lookup(x[batch] + 1e-9) is None and table.lookup(x[:5].float()) is None
+    torch.manual_seed(0)
+    wide = inside(x[batch], 1.0, repeats=20)
+    torch.manual_seed(0)
+    tabled = inside(x[batch], 1.0, repeats=20, neighbours=table)
+    step = [torch.acos((m * x[batch].repeat(20, 1)).sum(-1).clamp(-1, 1)).mean() for m in
+            (wide, tabled)]
+    assert 1.7 < float(step[0] / step[1]) < 2.3
+    assert path.neighbours(_points(3, NeighbourDistances.limit + 1, 0).float()) is None
+
+
+def test_fit_tabulates_the_smoothing_distances_once():
+    from pushforward.training.objectives import FlowMatching
+
+    flow = pf.flows.build("sphere-cnf", features=3, hidden=(8,))
+    x = _points(3, 300, 5).float()
+    objective = FlowMatching()
+    objective.prepare(flow, x)
+    assert objective._neighbours.lookup(x[:10]) is not None
+    for smoothing, data in ((0.0, x), (None, None)):
+        bare = FlowMatching(smoothing=smoothing)
+        bare.prepare(flow, data)
+        assert bare._neighbours is None
+    objective._neighbours = None
+    pf.fit(flow, x, steps=2, batch_size=64, objective=objective, progress=False)
+    assert torch.equal(objective._neighbours.points.sort(0).values, x.sort(0).values)
+
+
 def test_flow_matching_smoothing_option():
     from pushforward.training.objectives import FlowMatching
 

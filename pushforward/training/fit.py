@@ -207,6 +207,7 @@ def fit(
     if not (0.0 <= decay < 1.0):
         raise ValueError(f"fit: ema must be a decay in [0, 1), got {ema!r}")
     source, val_source = _sources(flow, train, val)
+    objective.prepare(flow, source.tensor)
 
     world, rank = ddp.world_size(), ddp.rank()
     sampler = DistributedSampler(range(len(source)), num_replicas=world, rank=rank,
