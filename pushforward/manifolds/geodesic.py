@@ -14,6 +14,8 @@ written without the division so it stays finite as ``t → 1``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -48,15 +50,28 @@ def _neighbour_distances(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return _angle(x, x[nearest[:, 0]]), _angle(x, x[nearest[:, 1]])
 
 
+def _key(x: Tensor) -> Tensor:
+    """``((x₀π + x₁)π + x₂)…`` in float64, one scalar per row.
+
+    Elementwise steps only, each correctly rounded: a row gets the same bits in any batch and on
+    any device (a matrix product's rounding may depend on the row's place in the batch).
+    """
+    x = x.double()
+    key = x[:, 0]
+    for column in x.unbind(-1)[1:]:
+        key = key * math.pi + column
+    return key
+
+
 class NeighbourDistances:
     """``d₁``, ``d₂`` of every point of a fixed data set, computed once and looked up by value.
 
     Smoothing a batch with distances measured inside the batch overstates them when the batch
     is a subsample: a batch holding a share ``f`` of the data has ``f`` times its density, so
     its ``k``-th neighbour distances are ``f^{−1/m}`` times the data set's on an
-    ``m``-dimensional sphere (fire: 4,096 of 10,247 points, 1.6× too wide). This table holds the
+    ``m``-dimensional sphere (fire: 4,096 of 10,249 points, 1.6× too wide). This table holds the
     distances within the whole set and ``N₁/N`` over it; ``lookup(x)`` finds a batch's rows by
-    a random projection key (sorted, ``searchsorted``) and checks them for equality.
+    a scalar key of each row (sorted, ``searchsorted``) and checks them for equality.
 
     Args:
         x: the data set ``(N, n)`` on the sphere.
@@ -76,10 +91,7 @@ class NeighbourDistances:
 
     def __init__(self, x: Tensor) -> None:
         x = x.detach()
-        generator = torch.Generator().manual_seed(0)
-        self.direction = torch.randn(x.shape[-1], generator=generator,
-                                     dtype=torch.float64).to(x.device)
-        key = x.double() @ self.direction
+        key = _key(x)
         order = key.argsort()
         nearest, second = _neighbour_distances(x, 2)
         self.keys, self.points = key[order], x[order]
@@ -94,10 +106,9 @@ class NeighbourDistances:
         if x.dim() != 2 or x.shape[1] != self.points.shape[1] or x.dtype != self.points.dtype:
             return None
         if x.device != self.points.device:  # once: the table follows the batches
-            for name in ("direction", "keys", "points", "nearest", "second", "unseen"):
+            for name in ("keys", "points", "nearest", "second", "unseen"):
                 setattr(self, name, getattr(self, name).to(x.device))
-        key = x.double() @ self.direction
-        index = torch.searchsorted(self.keys, key).clamp(max=self.keys.shape[0] - 1)
+        index = torch.searchsorted(self.keys, _key(x)).clamp(max=self.keys.shape[0] - 1)
         if not torch.equal(self.points[index], x):
             return None
         return self.nearest[index], self.second[index], self.unseen
@@ -242,10 +253,10 @@ class GeodesicPath:
         tangent space at ``x``, drawn afresh for every copy: a kernel smoothing of the batch
         whose bandwidth adapts to the local spacing of the data (wide where points are
         sparse), which flow matching regresses on instead of the bare points so that the field
-        does not memorise them. A point that repeats exactly is never
-        moved, and any other copy only with probability ``N₁/N``, the fraction of the data's
-        points whose location occurs once — Good and Turing's estimate of the chance that a new
-        point falls where none was seen: data made of repeated sites (volcano eruptions) stay
+        does not memorise them. A point that repeats exactly is never moved, and any other copy
+        only with probability ``N₁/N``, the fraction of the data's points whose location occurs
+        once — Good and Turing's estimate of the chance that a new point falls where none was
+        seen: data made of repeated sites (volcano eruptions) stay
         sharp, continuous data (``N₁ = N``) are smoothed throughout. (The second neighbour,
         not the first: the adaptive kernel estimate of ``benchmarks/earth_kde.py`` picks it on
         validation, and a near-duplicate pair then does not set its own bandwidth to ~0.)
