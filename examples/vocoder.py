@@ -19,12 +19,18 @@ test recordings, ``spectrograms.png`` (original / flow / Griffin-Lim) and ``loss
 
 The learning rate follows a cosine over the *wall-clock* budget (``--minutes``), so a budget
 is honoured on a shared CPU; the model is saved every few minutes (``model/``), and
-``--evaluate-only`` scores a saved model without training.
+``--evaluate-only`` scores a saved model without training. With every save the whole training
+state goes to ``training_state.safetensors`` (weights, their average, Adam's moments, the
+generators, the step, the training seconds spent, the loss log); ``--resume`` continues from it,
+``--minutes`` then being the budget of all the runs together, so a long run can be spread over
+several sessions and ends where one uninterrupted run of that budget would.
 
 Run::
 
     python examples/vocoder.py --data ../shared/data/audio/fsdd/recordings --out results/vocoder
     python examples/vocoder.py --data ../shared/data/audio/fsdd/recordings --out /tmp/v --quick
+    python examples/vocoder.py --data ../shared/data/audio/fsdd/recordings --out results/vocoder \
+        --minutes 720 --resume      # again after an interruption: continues the same run
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ from pushforward.audio import (
     write_wav,
 )
 from pushforward.audio.segments import dequantize
+from pushforward.training import checkpoint as ckpt
+from pushforward.training.tensorfile import read_tensors, write_tensors
 
 FULL = dict(options=dict(hidden=32, layers=4, transforms=8), segment=1024, batch=16,
             minutes=45.0, vocode_files=300)
@@ -61,17 +69,59 @@ QUICK = dict(options=dict(hidden=16, layers=3, transforms=4), segment=1024, batc
 GRIFFIN_LIM_ITERATIONS = 100
 
 
+STATE_FILE = "training_state.safetensors"
+
+
+def save_state(path: Path, flow: pf.Flow, average: pf.Flow, optimizer: torch.optim.Optimizer,
+               generator: torch.Generator, step: int, elapsed: float, log: list[float]) -> None:
+    """Write everything a resumed run needs, atomically, into one safetensors file."""
+    tensors, rng = ckpt.rng_state()
+    tensors.update({f"model.{k}": v for k, v in ckpt.state_tensors(flow).items()})
+    tensors.update({f"average.{k}": v for k, v in ckpt.state_tensors(average).items()})
+    moments, groups = ckpt.optimizer_state(optimizer)
+    tensors.update(moments)
+    tensors["generator"] = generator.get_state()
+    tensors["log"] = torch.tensor(log, dtype=torch.float64)
+    write_tensors(path, tensors, {"step": step, "elapsed": elapsed, "optimizer": groups,
+                                  "rng": rng})
+
+
+def load_state(path: Path, flow: pf.Flow, average: pf.Flow, optimizer: torch.optim.Optimizer,
+               generator: torch.Generator) -> tuple[int, float, list[float]]:
+    """Restore what ``save_state`` wrote; returns (step, training seconds spent, loss log).
+
+    Raises:
+        ValueError: the file belongs to another model (say, ``--quick`` against a full run).
+    """
+    tensors, meta = read_tensors(path)
+    for prefix, module in (("model.", flow), ("average.", average)):
+        ckpt.load_state(module, {k[len(prefix):]: v for k, v in tensors.items()
+                                 if k.startswith(prefix)}, str(path))
+    ckpt.set_optimizer_state(optimizer, tensors, meta["optimizer"])
+    ckpt.set_rng_state(tensors, meta["rng"])
+    generator.set_state(tensors["generator"])
+    return int(meta["step"]), float(meta["elapsed"]), tensors["log"].tolist()
+
+
 def train(flow: pf.Flow, segments: WaveSegments, minutes: float, batch: int, lr: float,
-          save_to: Path, log: list[float]) -> pf.Flow:
+          out: Path, log: list[float], resume: bool = False) -> pf.Flow:
     """Maximum likelihood with Adam, a cosine learning rate over the wall-clock budget and an
-    exponential moving average of the weights (decay 0.995), which is returned."""
+    exponential moving average of the weights (decay 0.995), which is returned.
+
+    Every five minutes and at the end the average goes to ``out/model`` and the training state
+    to ``out/training_state.safetensors``; with ``resume`` a run starts from that state, the
+    budget counting the training seconds already spent."""
     optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
     average = copy.deepcopy(flow)
     generator = torch.Generator().manual_seed(1)
+    state = out / STATE_FILE
+    step, spent = 0, 0.0
+    if resume and state.is_file():
+        step, spent, log[:] = load_state(state, flow, average, optimizer, generator)
+        print(f"resumed at step {step} after {spent / 60:.1f} min of training", flush=True)
     start = last_save = time.time()
     budget = 60.0 * minutes
-    step = 0
-    while (elapsed := time.time() - start) < budget:
+    while (elapsed := spent + time.time() - start) < budget:
         for group in optimizer.param_groups:
             group["lr"] = lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * elapsed / budget)))
         index = torch.randint(0, len(segments), (batch,), generator=generator)
@@ -92,11 +142,14 @@ def train(flow: pf.Flow, segments: WaveSegments, minutes: float, batch: int, lr:
             print(f"step {step}  {elapsed / 60:.1f} min  NLL {recent:.4f} nats/sample "
                   f"({recent / math.log(2) + 15:.3f} bits)", flush=True)
         if time.time() - last_save > 300:
-            pf.save(average, save_to)
+            pf.save(average, out / "model")
+            save_state(state, flow, average, optimizer, generator, step,
+                       spent + time.time() - start, log)
             last_save = time.time()
-    print(f"trained {step} steps in {(time.time() - start) / 60:.1f} min", flush=True)
+    print(f"trained {step} steps in {(spent + time.time() - start) / 60:.1f} min", flush=True)
+    pf.save(average, out / "model")
+    save_state(state, flow, average, optimizer, generator, step, spent + time.time() - start, log)
     average.eval()
-    pf.save(average, save_to)
     return average
 
 
@@ -203,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluate-only", action="store_true",
                         help="score the model saved in OUT/model without training")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/training_state.safetensors; --minutes is the "
+                             "budget of all runs together")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -224,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         segments = WaveSegments([r.audio for r in train_set], budget["segment"], config,
                                 seed=args.seed)
         log = []
-        flow = train(flow, segments, minutes, budget["batch"], args.lr, out / "model", log)
+        flow = train(flow, segments, minutes, budget["batch"], args.lr, out, log, args.resume)
         plot_loss(log, out / "loss.png")
     flow.eval()
     metrics = evaluate(flow, test, config, args.temperature, vocode_files, out)

@@ -354,3 +354,40 @@ def test_cli_trains_the_vocoder_on_a_wav_folder(tmp_path):
     assert metrics["n_test"] == 4  # 2 test files × 2 whole segments
     assert main(["train", "--dataset", str(data), "--flow", "maf", "--steps", "1",
                  "--out", str(tmp_path / "bad"), "--no-progress"]) != 0
+
+
+def test_example_resumes_its_training_state(tmp_path):
+    """``examples/vocoder.py --resume``: the saved state restores weights, average, Adam's
+    moments and the loss log exactly, a spent budget trains no further, a larger one goes on."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "vocoder.py"
+    spec = importlib.util.spec_from_file_location("example_vocoder", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    audio = [torch.round(_sine(200.0 + 90 * i, 700).float() * 32768) / 32768 for i in range(4)]
+    segments = WaveSegments(audio, 256, seed=0)
+    options = dict(hidden=4, layers=2, transforms=2)
+    torch.manual_seed(0)
+    log: list[float] = []
+    first = module.train(voc.Vocoder(256, **options), segments, 0.01, 2, 1e-3, tmp_path, log)
+    steps = len(log)
+    assert steps > 0 and (tmp_path / module.STATE_FILE).is_file()
+
+    flow = voc.Vocoder(256, **options)
+    again: list[float] = []
+    average = module.train(flow, segments, 0.01, 2, 1e-3, tmp_path, again, resume=True)
+    assert again == log  # the budget was spent: no step taken
+    for a, b in zip(average.state_dict().values(), first.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+    longer: list[float] = []
+    module.train(voc.Vocoder(256, **options), segments, 0.02, 2, 1e-3, tmp_path, longer,
+                 resume=True)
+    assert len(longer) > steps and longer[:steps] == log
+
+    optimizer = torch.optim.Adam(flow.parameters())
+    with pytest.raises(ValueError, match="has shape"):
+        module.load_state(tmp_path / module.STATE_FILE, voc.Vocoder(256, hidden=6, layers=2,
+                          transforms=2), flow, optimizer, torch.Generator())
