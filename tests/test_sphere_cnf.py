@@ -174,14 +174,14 @@ def test_fit_tabulates_the_smoothing_distances_once():
     x = _points(3, 300, 5).float()
     objective = FlowMatching()
     objective.prepare(flow, x)
-    assert objective._neighbours.lookup(x[:10]) is not None
+    assert objective.neighbours.lookup(x[:10]) is not None
     for smoothing, data in ((0.0, x), (None, None)):
         bare = FlowMatching(smoothing=smoothing)
         bare.prepare(flow, data)
-        assert bare._neighbours is None
-    objective._neighbours = None
+        assert bare.neighbours is None
+    objective.neighbours = None
     pf.fit(flow, x, steps=2, batch_size=64, objective=objective, progress=False)
-    assert torch.equal(objective._neighbours.points.sort(0).values, x.sort(0).values)
+    assert torch.equal(objective.neighbours.points.sort(0).values, x.sort(0).values)
 
 
 def test_flow_matching_smoothing_option():

@@ -50,6 +50,16 @@ def _neighbour_distances(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return _angle(x, x[nearest[:, 0]]), _angle(x, x[nearest[:, 1]])
 
 
+def _smoothing_distances(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(d₁, d₂, N₁/N)`` over the points ``x``.
+
+    ``N₁/N`` is the share of points whose location occurs once (``d₁ > 0``): Good and Turing's
+    estimate of the chance that a new point falls where none was seen.
+    """
+    nearest, second = _neighbour_distances(x, 2)
+    return nearest, second, (nearest > 0).to(x.dtype).mean()
+
+
 def _key(x: Tensor) -> Tensor:
     """``((x₀π + x₁)π + x₂)…`` in float64, one scalar per row.
 
@@ -93,10 +103,9 @@ class NeighbourDistances:
         x = x.detach()
         key = _key(x)
         order = key.argsort()
-        nearest, second = _neighbour_distances(x, 2)
+        nearest, second, self.unseen = _smoothing_distances(x)
         self.keys, self.points = key[order], x[order]
         self.nearest, self.second = nearest[order], second[order]
-        self.unseen = (nearest > 0).to(x.dtype).mean()
 
     def lookup(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
         """``(d₁, d₂, N₁/N)`` of the rows of ``x`` (each ``(batch,)``, and a scalar), or None.
@@ -276,11 +285,7 @@ class GeodesicPath:
             raise ValueError(f"GeodesicPath.smooth: x must be (batch, {self.n}), got "
                              f"{tuple(x.shape)}")
         found = None if neighbours is None else neighbours.lookup(x)
-        if found is None:
-            nearest, second = _neighbour_distances(x, 2)
-            unseen = (nearest > 0).to(x.dtype).mean()  # Good–Turing: N₁/N
-        else:
-            nearest, second, unseen = found
+        nearest, second, unseen = _smoothing_distances(x) if found is None else found
         single = nearest > 0
         bandwidth = (scale * second * single).repeat(repeats)
         bandwidth = bandwidth * (torch.rand_like(bandwidth) < unseen)
