@@ -24,7 +24,7 @@ def SphereCNF(
     hidden: Sequence[int] = (256, 256, 256, 256),
     activation: str = "silu",
     frequencies: int = 8,
-    time_frequencies: int = 0,
+    time_frequencies: int = 8,
     rtol: float | None = None,
     atol: float | None = None,
     method: str = "dopri5",
@@ -43,7 +43,9 @@ def SphereCNF(
     Defaults (measured on the Earth data, 3,000 steps, docs/guide/earth.md): a 4×256 field at
     batch 4096 beats a 4×512 one at batch 1024 or 2048 for the same or less time (flood test
     NLL 0.62 against 0.79 / 0.66); 8 octaves of point features (volcano seed 0: −5.63 against
-    −3.57 with 4).
+    −3.57 with 4); 8 sinusoidal time features (10,000 steps, seed 0, test NLL without → with:
+    earthquake −0.23 → −0.32, fire −1.48 → −1.83, flood 0.48 → 0.52; volcano at 3,000 steps
+    −8.06 → −7.59).
 
     Args:
         features: ambient dimension ``n`` (3 for the 2-sphere).
