@@ -23,7 +23,8 @@ is honoured on a shared CPU; the model is saved every few minutes (``model/``), 
 state goes to ``training_state.safetensors`` (weights, their average, Adam's moments, the
 generators, the step, the training seconds spent, the loss log); ``--resume`` continues from it,
 ``--minutes`` then being the budget of all the runs together, so a long run can be spread over
-several sessions and ends where one uninterrupted run of that budget would.
+several sessions and follows one cosine over the whole budget (the number of steps in a
+wall-clock budget still depends on the machine's load).
 
 Run::
 
