@@ -70,9 +70,6 @@ QUICK = dict(options=dict(hidden=16, layers=3, transforms=4), segment=1024, batc
 GRIFFIN_LIM_ITERATIONS = 100
 
 
-STATE_FILE = "training_state.safetensors"
-
-
 def save_state(path: Path, flow: pf.Flow, average: pf.Flow, optimizer: torch.optim.Optimizer,
                generator: torch.Generator, step: int, elapsed: float, log: list[float]) -> None:
     """Write everything a resumed run needs, atomically, into one safetensors file."""
@@ -115,13 +112,19 @@ def train(flow: pf.Flow, segments: WaveSegments, minutes: float, batch: int, lr:
     optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
     average = copy.deepcopy(flow)
     generator = torch.Generator().manual_seed(1)
-    state = out / STATE_FILE
+    state = out / ckpt.STATE_FILE
     step, spent = 0, 0.0
     if resume and state.is_file():
         step, spent, log[:] = load_state(state, flow, average, optimizer, generator)
         print(f"resumed at step {step} after {spent / 60:.1f} min of training", flush=True)
     start = last_save = time.time()
     budget = 60.0 * minutes
+
+    def checkpoint() -> None:
+        pf.save(average, out / "model")
+        save_state(state, flow, average, optimizer, generator, step,
+                   spent + time.time() - start, log)
+
     while (elapsed := spent + time.time() - start) < budget:
         for group in optimizer.param_groups:
             group["lr"] = lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * elapsed / budget)))
@@ -143,13 +146,10 @@ def train(flow: pf.Flow, segments: WaveSegments, minutes: float, batch: int, lr:
             print(f"step {step}  {elapsed / 60:.1f} min  NLL {recent:.4f} nats/sample "
                   f"({recent / math.log(2) + 15:.3f} bits)", flush=True)
         if time.time() - last_save > 300:
-            pf.save(average, out / "model")
-            save_state(state, flow, average, optimizer, generator, step,
-                       spent + time.time() - start, log)
+            checkpoint()
             last_save = time.time()
     print(f"trained {step} steps in {(spent + time.time() - start) / 60:.1f} min", flush=True)
-    pf.save(average, out / "model")
-    save_state(state, flow, average, optimizer, generator, step, spent + time.time() - start, log)
+    checkpoint()
     average.eval()
     return average
 

@@ -308,20 +308,27 @@ def test_vocoder_learns_synthetic_tones():
     assert float(-flow.log_prob(audio, mel).mean()) < before - 50
 
 
-@pytest.mark.slow
-def test_example_runs_end_to_end_on_synthetic_wavs(tmp_path):
-    """``examples/vocoder.py`` on synthetic tones: every output file, finite metrics."""
+def _example():
+    """``examples/vocoder.py`` imported as a module."""
     import importlib.util
-    import json
     from pathlib import Path
 
-    data = tmp_path / "wavs"
-    for i in range(20):
-        write_wav(data / f"tone{i:02d}.wav", _sine(150.0 + 40 * i, 1600, 0.3).float(), RATE)
     path = Path(__file__).resolve().parents[1] / "examples" / "vocoder.py"
     spec = importlib.util.spec_from_file_location("example_vocoder", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_example_runs_end_to_end_on_synthetic_wavs(tmp_path):
+    """``examples/vocoder.py`` on synthetic tones: every output file, finite metrics."""
+    import json
+
+    data = tmp_path / "wavs"
+    for i in range(20):
+        write_wav(data / f"tone{i:02d}.wav", _sine(150.0 + 40 * i, 1600, 0.3).float(), RATE)
+    module = _example()
     out = tmp_path / "out"
     assert module.main(["--data", str(data), "--out", str(out), "--quick", "--minutes", "0.05",
                         "--vocode-files", "2"]) == 0
@@ -359,13 +366,9 @@ def test_cli_trains_the_vocoder_on_a_wav_folder(tmp_path):
 def test_example_resumes_its_training_state(tmp_path):
     """``examples/vocoder.py --resume``: the saved state restores weights, average, Adam's
     moments and the loss log exactly, a spent budget trains no further, a larger one goes on."""
-    import importlib.util
-    from pathlib import Path
+    from pushforward.training.checkpoint import STATE_FILE
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "vocoder.py"
-    spec = importlib.util.spec_from_file_location("example_vocoder", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _example()
     audio = [torch.round(_sine(200.0 + 90 * i, 700).float() * 32768) / 32768 for i in range(4)]
     segments = WaveSegments(audio, 256, seed=0)
     options = dict(hidden=4, layers=2, transforms=2)
@@ -373,7 +376,7 @@ def test_example_resumes_its_training_state(tmp_path):
     log: list[float] = []
     first = module.train(voc.Vocoder(256, **options), segments, 0.01, 2, 1e-3, tmp_path, log)
     steps = len(log)
-    assert steps > 0 and (tmp_path / module.STATE_FILE).is_file()
+    assert steps > 0 and (tmp_path / STATE_FILE).is_file()
 
     flow = voc.Vocoder(256, **options)
     again: list[float] = []
@@ -389,5 +392,5 @@ def test_example_resumes_its_training_state(tmp_path):
 
     optimizer = torch.optim.Adam(flow.parameters())
     with pytest.raises(ValueError, match="has shape"):
-        module.load_state(tmp_path / module.STATE_FILE, voc.Vocoder(256, hidden=6, layers=2,
+        module.load_state(tmp_path / STATE_FILE, voc.Vocoder(256, hidden=6, layers=2,
                           transforms=2), flow, optimizer, torch.Generator())
