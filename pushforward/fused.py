@@ -226,10 +226,9 @@ class _Plan:
         self.sizes = [shape.numel() for shape in self.shapes]
         self.masks: list[Tensor | None] = [None] * len(slots)
         self._packed: tuple[tuple, Tensor | None] | None = None
-        self._key: tuple | None = None
-        self._cache: tuple[list[Tensor], list[Tensor], Tensor | None] | None = None
-        # ``pushforward.fused_affine``'s reordered copy of the last layer, with its source
-        self.head: tuple | None = None
+        self._layout: tuple | None = None  # (key, layout, masks) of ``head_layout``
+        # per head scale (None: the plain layout): (key, weights, biases, context weight)
+        self._cache: dict[float | None, tuple] = {}
 
     def packed_mask(self, like: Tensor) -> Tensor | None:
         """The masks laid out like ``flat`` (None when no layer is masked)."""
@@ -260,22 +259,64 @@ class _Plan:
         context = views[2 * layers] if self.context_slot is not None else None
         return views[0 : 2 * layers : 2], views[1 : 2 * layers : 2], context
 
-    def weights(self, flat: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
+    def head_layout(self, like: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+        """The layout with the last layer's rows ``(a_1, b_1, a_2, b_2, …)`` as ``[c·a; b]``.
+
+        Returns ``(perm, inv, s)``: the effective parameters are ``e = flat[perm] ⊙ s``, with
+        ``s`` the packed mask (in ``e``'s order) times ``c = scale`` on the ``a`` rows (of the
+        last weight, its bias, and the context weight when the last layer is the first);
+        a gradient ``g_e`` in that layout maps back as ``∂/∂flat = (g_e ⊙ s)[inv]``.
+        """
+        key = (scale, like.dtype, like.device, *(id(m) for m in self.masks))
+        if self._layout is None or self._layout[0] != key:
+            n, device = sum(self.sizes), like.device
+            perm = torch.arange(n, device=device)
+            s = torch.ones(n, dtype=like.dtype, device=device)
+            offset, (rows, cols), bias, _ = self.slots[-1]
+            blocks = [(offset, cols), (bias, 1)]
+            if len(self.slots) == 1 and self.context_slot is not None:
+                blocks.append((self.context_slot[0], self.context_slot[1][1]))
+            order = torch.cat([torch.arange(0, rows, 2, device=device),
+                               torch.arange(1, rows, 2, device=device)])
+            for start, width in blocks:
+                block = start + order[:, None] * width + torch.arange(width, device=device)
+                perm[start : start + rows * width] = block.reshape(-1)
+                s[start : start + rows // 2 * width] = scale
+            inv = torch.empty_like(perm)
+            inv[perm] = torch.arange(n, device=device)
+            mask = self.packed_mask(like)
+            if mask is not None:
+                s = s * mask[perm]
+            # the masks are held, so an id in the key cannot be reused meanwhile
+            self._layout = (key, (perm, inv, s), self.masks)
+        return self._layout[1]
+
+    def weights(self, flat: Tensor, scale: float | None = None,
+                ) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
+        """Effective weights, biases and context weight (see the class docstring).
+
+        ``scale``: the last layer in ``head_layout(·, scale)`` (None: as stored).
+        """
         grad = torch.is_grad_enabled()
         key = (flat, flat._version, flat.data_ptr(), _STEPS[0],
                tuple(id(m) for m in self.masks))
-        if grad or self._cache is None or self._key is None or not _same(key, self._key):
+        cached = self._cache.get(scale)
+        if grad or cached is None or not _same(key, cached[0]):
             data = flat.detach()
-            mask = self.packed_mask(data)
-            cache = self.unpack(data if mask is None else data * mask)
+            if scale is None:
+                mask = self.packed_mask(data)
+                value = self.unpack(data if mask is None else data * mask)
+            else:
+                perm, _, s = self.head_layout(data, scale)
+                value = self.unpack(torch.index_select(data, 0, perm).mul_(s))
             if grad:
-                return cache
-            self._cache, self._key = cache, key
-        return self._cache
+                return value
+            cached = self._cache[scale] = (key, *value)
+        return cached[1:]
 
     def refresh(self) -> None:
         """Forget the cached weights (after editing ``flat.data`` in place)."""
-        self._key = self._cache = None
+        self._cache = {}
 
 
 def _same(a: tuple, b: tuple) -> bool:
@@ -302,13 +343,14 @@ def _run(x: Tensor, context: Tensor | None, weights: list[Tensor], biases: list[
 def _stack_backward(plan: _Plan, inputs: list[Tensor], weights: list[Tensor],
                     context_weight: Tensor | None, context: Tensor | None, flat: Tensor,
                     grad: Tensor, needs: Sequence[bool], grad_flat: Tensor | None = None,
-                    grad_views: tuple | None = None,
+                    grad_views: tuple | None = None, masked: bool = True,
                     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The written-out backward of a stack: gradients of ``x``, ``context`` and ``flat``.
 
     ``weights`` (and ``inputs``) may be the first layers only, ``grad`` then being the gradient
     of the last of them's output and ``grad_flat`` a buffer whose later slots the caller
-    filled (``grad_views``: its ``plan.unpack``); the mask is applied to all of it.
+    filled (``grad_views``: its ``plan.unpack``); the mask is applied to all of it unless
+    ``masked`` is False (the caller maps the buffer back itself).
     """
     grad_x = grad_context = None
     if needs[2] and grad_flat is None:
@@ -338,7 +380,7 @@ def _stack_backward(plan: _Plan, inputs: list[Tensor], weights: list[Tensor],
                 grad_context = torch.mm(g, context_weight)
         else:
             g = relu_backward(torch.mm(g, weights[k]), h)
-    if grad_flat is not None:
+    if grad_flat is not None and masked:
         mask = plan.packed_mask(grad_flat)
         if mask is not None:
             grad_flat.mul_(mask)  # masked entries never receive a gradient

@@ -47,6 +47,7 @@ class AffineStage:
     def __init__(self, net: nn.Module, bound: float | None,
                  parts: tuple[slice, slice] | None = None) -> None:
         self.net, self.bound, self.parts = net, bound, parts
+        self.scale = -1.0 if bound is None else -2.0 / bound  # of the ŝ rows (``_affine``)
         self.cols = parts  # the parts in the working layout (``_interleaved``)
 
     def usable(self, x: Tensor, context: Tensor | None) -> bool:
@@ -61,16 +62,16 @@ class AffineStage:
     def inverse(self, x: Tensor, context: Tensor | None, flat: Tensor,
                 plan: _fused._Plan) -> tuple[Tensor, Tensor, tuple]:
         """``z``, ``−s`` and what the backward needs."""
-        weights, biases, context_weight = plan.weights(flat)
+        weights, biases, context_weight = plan.weights(flat, self.scale)
         if self.parts is None:
             context = context if context_weight is not None else None
-            neg, e, z, inputs = _affine(x, x, context, plan, weights, biases, context_weight,
+            neg, e, z, inputs = _affine(x, x, context, weights, biases, context_weight,
                                         self.bound)
-            return z, neg, (inputs, weights, plan.head[2], context_weight, neg, e, x)
+            return z, neg, (inputs, weights, context_weight, neg, e, x)
         part_a, part_b = self.cols
         u, x_b = x[:, part_a], x[:, part_b]
-        neg, e, z_b, inputs = _affine(u, x_b, None, plan, weights, biases, None, self.bound)
-        state = (inputs, weights, plan.head[2], None, neg, e, x_b)
+        neg, e, z_b, inputs = _affine(u, x_b, None, weights, biases, None, self.bound)
+        state = (inputs, weights, None, neg, e, x_b)
         if part_a.step == 1 and part_b.step == 1:  # column blocks
             return torch.cat([u, z_b] if part_a.start == 0 else [z_b, u], 1), neg, state
         z = x.clone()
@@ -83,11 +84,11 @@ class AffineStage:
         """Gradients of ``x``, ``context`` and ``flat`` from those of ``z`` and ``ladj``.
 
         ``grad_ladj`` is ``(batch, 1)`` (one value per sample: ``ladj`` is a sum over features).
-        The last layer is differentiated in its reordered form ``[−2ŝ/B; m]`` (``_head``),
-        with ``∂(−s)/∂(−2ŝ/B) = (B/2)(1 − (s/B)²)``; its weight gradient is written back to
-        the interleaved rows.
+        The last layer is differentiated in its reordered form ``[−2ŝ/B; m]`` (``_affine``),
+        with ``∂(−s)/∂(−2ŝ/B) = (B/2)(1 − (s/B)²)``; ``plan.head_layout`` maps the gradient
+        back to the stored rows.
         """
-        inputs, weights, head, context_weight, neg, e, x_b = saved
+        inputs, weights, context_weight, neg, e, x_b = saved
         part_a, part_b = self.cols if self.cols is not None else (None, None)
         grad_zb = grad_z if grad_z is None or part_b is None else grad_z[:, part_b]
         if grad_zb is None:
@@ -102,8 +103,8 @@ class AffineStage:
         if bound is not None:
             grad_neg.mul_(neg.square().mul_(-0.5 / bound).add_(0.5 * bound))
         grad_u, grad_context, grad_flat = _head_backward(
-            plan, inputs, weights, head, context_weight, context, flat,
-            torch.cat([grad_neg, grad_zb], 1), bound, needs)
+            plan, inputs, weights, context_weight, context, flat,
+            torch.cat([grad_neg, grad_zb], 1), self.scale, needs)
         if not needs[0]:
             return None, grad_context, grad_flat
         if part_a is None:
@@ -123,56 +124,51 @@ class AffineStage:
 
 
 def _head_backward(plan: _fused._Plan, inputs: list[Tensor], weights: list[Tensor],
-                   head: Tensor, context_weight: Tensor | None, context: Tensor | None,
-                   flat: Tensor, grad: Tensor, bound: float | None, needs: Sequence[bool],
+                   context_weight: Tensor | None, context: Tensor | None, flat: Tensor,
+                   grad: Tensor, scale: float, needs: Sequence[bool],
                    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The conditioner's backward from ``grad`` of the reordered last layer's output.
 
-    ``head`` is that layer's reordered weight, as the forward used it.
+    ``weights`` (and ``context_weight``) are in ``plan.head_layout(·, scale)``, as the forward
+    used them; the gradient is computed in that layout and mapped back to ``flat``'s.
     """
     last = len(weights) - 1
-    grad_flat = torch.empty_like(flat) if needs[2] else None
+    grad_head = torch.empty_like(flat) if needs[2] else None
     h = inputs[last]
     top_context = context if last == 0 else None
     views = None
-    if grad_flat is not None:
-        views = grad_weights, grad_biases, grad_context_weight = plan.unpack(grad_flat)
-        rows = (torch.mm(h.t(), grad).t() if h.shape[1] < grad.shape[1]
-                else torch.mm(grad.t(), h))
-        _write_back(rows, grad_weights[last], bound)
-        _write_back(grad.sum(0), grad_biases[last], bound)
+    if grad_head is not None:
+        views = grad_weights, grad_biases, grad_context_weight = plan.unpack(grad_head)
+        if h.shape[1] < grad.shape[1]:
+            grad_weights[last].copy_(torch.mm(h.t(), grad).t())  # the faster layout here
+        else:
+            torch.mm(grad.t(), h, out=grad_weights[last])
+        torch.sum(grad, 0, out=grad_biases[last])
         if top_context is not None:
-            _write_back(torch.mm(grad.t(), top_context), grad_context_weight, bound)
+            torch.mm(grad.t(), top_context, out=grad_context_weight)
     if last:
-        grad_h = _fused.relu_backward(torch.mm(grad, head), h)
-        return _fused._stack_backward(plan, inputs[:last], weights[:last], context_weight,
-                                      context, flat, grad_h, needs, grad_flat, views)
-    _fused._stack_backward(plan, [], [], None, None, flat, grad, (False, False, False),
-                           grad_flat, views)  # the mask on the gradient
-    grad_u = torch.mm(grad, head) if needs[0] else None
-    grad_context = (torch.mm(grad, _reorder(context_weight, bound))
-                    if needs[1] and top_context is not None else None)
-    return grad_u, grad_context, grad_flat
+        grad_h = _fused.relu_backward(torch.mm(grad, weights[last]), h)
+        grad_u, grad_context, _ = _fused._stack_backward(
+            plan, inputs[:last], weights[:last], context_weight, context, flat, grad_h, needs,
+            grad_head, views, masked=False)
+    else:
+        grad_u = torch.mm(grad, weights[0]) if needs[0] else None
+        grad_context = (torch.mm(grad, context_weight)
+                        if needs[1] and top_context is not None else None)
+    if grad_head is None:
+        return grad_u, grad_context, None
+    _, inv, s = plan.head_layout(grad_head, scale)
+    return grad_u, grad_context, torch.index_select(grad_head.mul_(s), 0, inv)
 
 
-def _write_back(rows: Tensor, slot: Tensor, bound: float | None) -> None:
-    """``slot`` (rows ``ŝ_1, m_1, ŝ_2, …``) from the gradient of the rows ``[−2ŝ/B; m]``."""
-    scale = -1.0 if bound is None else -2.0 / bound
-    d = rows.shape[0] // 2
-    rows = rows.reshape(2 * d, -1)
-    interleaved = slot.view(d, 2, -1)
-    torch.mul(rows[:d], scale, out=interleaved[:, 0])
-    interleaved[:, 1].copy_(rows[d:])
-
-
-def _affine(u: Tensor, x: Tensor, context: Tensor | None, plan: _fused._Plan,
-            weights: list[Tensor], biases: list[Tensor], context_weight: Tensor | None,
+def _affine(u: Tensor, x: Tensor, context: Tensor | None, weights: list[Tensor],
+            biases: list[Tensor], context_weight: Tensor | None,
             bound: float | None) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     """``−s``, ``e^{−s}``, ``z`` and every layer's input, from the conditioner's weights.
 
-    The last layer's rows alternate ``(ŝ_i, m_i)``; it runs on a copy with the rows reordered
-    to ``[ŝ; m]`` and the ``ŝ`` rows scaled by ``−2/B`` (``_head``), so ``ŝ`` and ``m`` are
-    column blocks (faster elementwise work than on alternate columns: d = 16, 64 in
+    The last layer comes in ``_Plan.head_layout``: its rows ``(ŝ_i, m_i)`` reordered to
+    ``[ŝ; m]`` and the ``ŝ`` rows scaled by ``−2/B`` (−1 without a bound), so ``ŝ`` and ``m``
+    are column blocks (faster elementwise work than on alternate columns: d = 16, 64 in
     ``benchmarks/suite.py``). With a bound, ``−s = B (2 σ(−2ŝ/B) − 1)``.
     """
     last = len(weights) - 1
@@ -182,31 +178,15 @@ def _affine(u: Tensor, x: Tensor, context: Tensor | None, plan: _fused._Plan,
         context = None  # the context entered the first layer
     else:
         h, inputs = u, [u]
-    weight, bias = _head(plan, weights[last], biases[last], bound)
-    out = torch.addmm(bias, h, weight.t())
+    out = torch.addmm(biases[last], h, weights[last].t())
     if context is not None:
-        out.addmm_(context, _reorder(context_weight, bound).t())
+        out.addmm_(context, context_weight.t())
     d = x.shape[1]
     raw, shift = out[:, :d], out[:, d:]
     # contiguous from here on: strided operands leave the vectorised kernels (exp: 2-3x)
     neg = raw.contiguous() if bound is None else raw.sigmoid().mul_(2.0 * bound).sub_(bound)
     e = neg.exp()
     return neg, e, torch.addcmul(shift, x, e), inputs
-
-
-def _reorder(rows: Tensor, bound: float | None) -> Tensor:
-    """Rows ``(ŝ_1, m_1, ŝ_2, m_2, …)`` as ``[−2ŝ/B; m]`` (``[−ŝ; m]`` without a bound)."""
-    scale = -1.0 if bound is None else -2.0 / bound
-    return torch.cat([rows[0::2] * scale, rows[1::2]])
-
-
-def _head(plan: _fused._Plan, weight: Tensor, bias: Tensor,
-          bound: float | None) -> tuple[Tensor, Tensor]:
-    """The last layer reordered (``_reorder``), kept while the plan's weights are cached."""
-    head = plan.head
-    if head is None or head[0] is not weight or head[1] != bound:
-        head = plan.head = (weight, bound, _reorder(weight, bound), _reorder(bias, bound))
-    return head[2], head[3]
 
 
 def _interleaved(stages: Sequence[AffineStage], d: int) -> bool:
