@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: the sphere path's (6e-3)")
     parser.add_argument("--pairs", type=int, default=None,
                         help="least (noise, time, data) triples per step, repeating a smaller "
-                        "batch (default: the path's, 4096; 1: no repeats)")
+                        "batch (default: the path's, 8192; 1: no repeats)")
     parser.add_argument("--smoothing", type=float, default=None,
                         help="data smoothing, a multiple of each point's second-neighbour "
                         "distance (default: the path's, 0.7; 0: none)")
