@@ -30,16 +30,15 @@ from pushforward.transforms.maps import register_map
 __all__ = ["rational_quadratic_spline", "RationalQuadraticMap"]
 
 
-def _bins(unnormalized: Tensor, minimum: float) -> tuple[Tensor, Tensor]:
+def _bins(unnormalized: Tensor, minimum: float | Tensor) -> tuple[Tensor, Tensor]:
     """Bin sizes ``min + (1 − K·min)·softmax(u)`` as fractions of the interval.
 
-    Also their cumulative sums (the right edges); both are ``(…, K)``.
+    Also their cumulative sums (the right edges); both are shaped like ``u``, ``(…, K)``.
     """
     bins = unnormalized.shape[-1]
-    # softmax written out: torch.softmax over a short last dimension is several times slower
-    # on CPU than these elementwise/reduction ops (measured at K = 8).
-    e = torch.exp(unnormalized - unnormalized.amax(dim=-1, keepdim=True))
-    sizes = e * ((1.0 - minimum * bins) / e.sum(dim=-1, keepdim=True)) + minimum
+    # On contiguous rows, torch.softmax (one kernel forward, one backward) is ~2x faster than
+    # the same written out as max, exp, sum and division (K = 8, 2026-12-02)
+    sizes = torch.softmax(unnormalized, dim=-1) * (1.0 - minimum * bins) + minimum
     return sizes, torch.cumsum(sizes, dim=-1)
 
 
@@ -120,8 +119,33 @@ def rational_quadratic_spline(
             f"and derivatives {(*lead, bins - 1)}, got {tuple(unnormalized_widths.shape)}, "
             f"{tuple(unnormalized_heights.shape)}, {tuple(unnormalized_derivatives.shape)}"
         )
-    width_frac, width_edge = _bins(unnormalized_widths, min_bin_width)
-    height_frac, height_edge = _bins(unnormalized_heights, min_bin_height)
+    return _spline(inputs, torch.stack((unnormalized_widths, unnormalized_heights), dim=-2),
+                   unnormalized_derivatives, inverse, bound, min_bin_width, min_bin_height,
+                   min_derivative)
+
+
+def _pick(sides: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """The entries at ``index`` of both sides of ``(…, 2, K)``, as two contiguous ``(…)`` tensors.
+
+    Contiguous, because the elementwise kernels leave their vectorised path on the stride-2
+    halves that unbinding the gathered ``(…, 2)`` would give.
+    """
+    picked = sides.gather(-1, index).squeeze(-1).movedim(-1, 0).contiguous()
+    return picked[0], picked[1]
+
+
+def _spline(inputs: Tensor, sides: Tensor, derivatives: Tensor, inverse: bool, bound: float,
+            min_width: float, min_height: float, min_derivative: float) -> tuple[Tensor, Tensor]:
+    """:func:`rational_quadratic_spline` with widths and heights as one ``(…, 2, K)`` tensor.
+
+    Both sides are normalised, accumulated and gathered together, and every selection is a view
+    or a gather whose backward adds no zero-filled buffer beyond the gathers' own.
+    """
+    bins = sides.shape[-1]
+    minimum: float | Tensor = min_width
+    if min_height != min_width:
+        minimum = sides.new_tensor([[min_width], [min_height]])
+    fraction, right = _bins(sides, minimum)  # (…, 2, K): widths then heights
 
     inside = (inputs >= -bound) & (inputs <= bound)
     # Evaluate on clamped values so nothing outside the interval can overflow (or poison the
@@ -130,17 +154,14 @@ def rational_quadratic_spline(
     span = 2.0 * bound
     # The bin: how many interior knots lie at or left of the input, compared in units of the
     # interval, so no knot array is ever materialised.
-    edges = height_edge if inverse else width_edge
     unit = (clamped + bound) / span
-    index = (unit[..., None] >= edges[..., :-1]).sum(dim=-1, keepdim=True)
-
-    def at(t: Tensor) -> Tensor:
-        return t.gather(-1, index)[..., 0]
-
-    w_frac, h_frac = at(width_frac), at(height_frac)
+    index = (unit[..., None] >= right[..., int(inverse), :-1]).sum(dim=-1, keepdim=True)
+    both = index[..., None, :].expand(*index.shape[:-1], 2, 1)
+    w_frac, h_frac = _pick(fraction, both)
+    x_right, y_right = _pick(right, both)
     w_k, h_k = span * w_frac, span * h_frac
-    x_k = span * (at(width_edge) - w_frac) - bound  # exactly −B in the first bin
-    y_k = span * (at(height_edge) - h_frac) - bound
+    x_k = span * (x_right - w_frac) - bound  # exactly −B in the first bin
+    y_k = span * (y_right - h_frac) - bound
     # Knot derivatives: 1 at both ends (C¹ linear tails), min + softplus(u + c) inside; only the
     # two knots of the bin are transformed.
     if bins == 1:
@@ -148,11 +169,10 @@ def rational_quadratic_spline(
     else:
         shift = math.log(math.expm1(1.0 - min_derivative))
         first, last = index == 0, index == bins - 1
-        lo = unnormalized_derivatives.gather(-1, (index - 1).clamp_min(0))
-        hi = unnormalized_derivatives.gather(-1, index.clamp_max(bins - 2))
-        one = torch.ones_like(lo)
-        d_k = torch.where(first, one, min_derivative + F.softplus(lo + shift))[..., 0]
-        d_k1 = torch.where(last, one, min_derivative + F.softplus(hi + shift))[..., 0]
+        lo = derivatives.gather(-1, (index - 1).clamp_min(0))
+        hi = derivatives.gather(-1, index.clamp_max(bins - 2))
+        d_k = torch.where(first, 1.0, min_derivative + F.softplus(lo + shift)).squeeze(-1)
+        d_k1 = torch.where(last, 1.0, min_derivative + F.softplus(hi + shift)).squeeze(-1)
     s_k = h_frac / w_frac
     slack = d_k1 + d_k - 2.0 * s_k
 
@@ -174,9 +194,7 @@ def rational_quadratic_spline(
     log_derivative = 2.0 * torch.log(s_k) + torch.log(numerator) - 2.0 * torch.log(denominator)
     if inverse:
         log_derivative = -log_derivative
-    outputs = torch.where(inside, out, inputs)
-    ladj = torch.where(inside, log_derivative, torch.zeros_like(log_derivative))
-    return outputs, ladj
+    return torch.where(inside, out, inputs), torch.where(inside, log_derivative, 0.0)
 
 
 @serializable("rational-quadratic-map")
@@ -223,18 +241,18 @@ class RationalQuadraticMap:
                 f"RationalQuadraticMap: expected {self.params} parameters per element "
                 f"(3·bins − 1 with bins={self.bins}), got {params.shape[-1]}"
             )
+        if params.shape[:-1] != inputs.shape:
+            raise ValueError(
+                f"RationalQuadraticMap: parameters {tuple(params.shape)} do not match inputs "
+                f"{tuple(inputs.shape)} (expected {(*inputs.shape, self.params)})"
+            )
         k = self.bins
-        return rational_quadratic_spline(
-            inputs,
-            params[..., :k],
-            params[..., k : 2 * k],
-            params[..., 2 * k :],
-            inverse=inverse,
-            bound=self.bound,
-            min_bin_width=self.min_bin_width,
-            min_bin_height=self.min_bin_height,
-            min_derivative=self.min_derivative,
-        )
+        # split's backward is one concatenation (slices would each zero-fill a full-size
+        # gradient); the sides are copied once to contiguous rows, on which the reductions over
+        # the bins run several times faster than on the strided view
+        sides, derivatives = params.split((2 * k, k - 1), dim=-1)
+        return _spline(inputs, sides.unflatten(-1, (2, k)).contiguous(), derivatives, inverse,
+                       self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative)
 
     def forward(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         """``x = g(z)`` and ``log g'(z)``, elementwise."""
