@@ -75,7 +75,8 @@ def run(name: str, data: Path, seed: int, steps: int, options: dict,
         test = float(-flow.log_prob(bundle.test).mean())
     return {"seed": seed, "test_nll": test, "best_val_nll": min(history.val_nll),
             "train_seconds": seconds, "eval_seconds": time.time() - start - seconds,
-            "steps": steps, "options": options, "training": training}, flow
+            "steps": steps, "options": options, "training": training,
+            "pairs": training.get("pairs") or pf.manifolds.GeodesicPath.pairs}, flow
 
 
 def density_map(flow: pf.Flow, test: torch.Tensor, title: str, path: Path) -> None:
