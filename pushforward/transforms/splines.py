@@ -248,8 +248,8 @@ class RationalQuadraticMap:
             )
         k = self.bins
         # split's backward is one concatenation (slices would each zero-fill a full-size
-        # gradient); the sides are copied once to contiguous rows, on which the reductions over
-        # the bins run several times faster than on the strided view
+        # gradient); the sides are copied once to contiguous rows, on which a reduction over
+        # the bins runs ~2x faster than on the strided view (K = 8)
         sides, derivatives = params.split((2 * k, k - 1), dim=-1)
         return _spline(inputs, sides.unflatten(-1, (2, k)).contiguous(), derivatives, inverse,
                        self.bound, self.min_bin_width, self.min_bin_height, self.min_derivative)
