@@ -130,8 +130,8 @@ def _pick(sides: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     Contiguous, because the elementwise kernels leave their vectorised path on the stride-2
     halves that unbinding the gathered ``(…, 2)`` would give.
     """
-    picked = sides.gather(-1, index).squeeze(-1).movedim(-1, 0).contiguous()
-    return picked[0], picked[1]
+    w, h = sides.gather(-1, index).squeeze(-1).movedim(-1, 0).contiguous().unbind(0)
+    return w, h
 
 
 def _spline(inputs: Tensor, sides: Tensor, derivatives: Tensor, inverse: bool, bound: float,
