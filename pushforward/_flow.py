@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -204,12 +205,14 @@ class Flow(nn.Module):
         return self.base.log_prob(z)
 
     def _base_draw(
-        self, n: int, context: Tensor | None, temperature: float
-    ) -> tuple[Tensor, Tensor]:
+        self, n: int, context: Tensor | None, temperature: float, density: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """``z ~ p_0`` and ``log p_0(z)`` (None unless ``density``)."""
         kwargs = {} if temperature == 1.0 else {"temperature": temperature}
-        if getattr(self.base, "context_features", 0):
-            return self.base.sample_and_log_prob(n, context, **kwargs)
-        return self.base.sample_and_log_prob(n, **kwargs)
+        args = (n, context) if getattr(self.base, "context_features", 0) else (n,)
+        if density:
+            return self.base.sample_and_log_prob(*args, **kwargs)
+        return self.base.sample(*args, **kwargs), None
 
     # -- density ------------------------------------------------------------------------------
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -280,6 +283,15 @@ class Flow(nn.Module):
         ``(*n, [B,] *event)``. ``temperature`` scales the base draw (Gaussian bases only);
         ``log p`` is then the density of the tempered base pushed forward.
         """
+        x, log_px = self._draw(n, context, temperature, density=True)
+        return x, cast(Tensor, log_px)
+
+    def _draw(self, n: int | Sequence[int], context: Tensor | None, temperature: float,
+              density: bool) -> tuple[Tensor, Tensor | None]:
+        """``x = f(z)``, ``z ~ p_0``; with ``density`` also ``log p_0(z) − log|det J_f(z)|``.
+
+        Without ``density`` the second value is None: the base density is not evaluated.
+        """
         n, sample_shape = self._sample_count(n)
         batch = None
         ctx = None
@@ -294,14 +306,16 @@ class Flow(nn.Module):
             self._context(None, None)
         total = n * (batch or 1)
         with _v.validation(False):
-            z, log_pz = self._base_draw(total, ctx, temperature)
+            z, log_pz = self._base_draw(total, ctx, temperature, density)
             x, ladj = self.transform(z, ctx)
-        log_px = log_pz - ladj
+        log_px = None if log_pz is None else log_pz - ladj
         if _v.is_validating():
             _v.check_result(x, "Flow.sample", "the sample")
-            _v.check_result(log_px, "Flow.sample", "log_prob", allow_neg_inf=True)
+            if log_px is not None:
+                _v.check_result(log_px, "Flow.sample", "log_prob", allow_neg_inf=True)
         lead = sample_shape if batch is None else (*sample_shape, batch)
-        return x.reshape(*lead, *x.shape[1:]), log_px.reshape(lead)
+        x = x.reshape(*lead, *x.shape[1:])
+        return x, None if log_px is None else log_px.reshape(lead)
 
     def sample_and_log_prob(
         self, n: int | Sequence[int], context: Tensor | None = None, temperature: float = 1.0
@@ -314,9 +328,9 @@ class Flow(nn.Module):
     ) -> Tensor:
         """Reparametrised samples, ``(n, *event)`` or ``(n, B, *event)`` with context.
 
-        ``n`` is an int or a sample shape.
+        ``n`` is an int or a sample shape. ``log p(x)`` is not computed.
         """
-        return self.rsample_and_log_prob(n, context, temperature)[0]
+        return self._draw(n, context, temperature, density=False)[0]
 
     @torch.no_grad()
     def sample(
@@ -326,7 +340,7 @@ class Flow(nn.Module):
 
         ``n`` is an int, or a sample shape as in ``torch.distributions``: ``(*n, [B,] *event)``.
         """
-        return self.rsample_and_log_prob(n, context, temperature)[0]
+        return self._draw(n, context, temperature, density=False)[0]
 
     def distribution(self, context: Tensor | None = None) -> FlowDistribution:
         """This flow as a ``torch.distributions.Distribution`` (batch ``(B,)`` with context).

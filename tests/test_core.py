@@ -47,6 +47,17 @@ def test_sample_shapes_and_sample_and_log_prob_agree():
     torch.testing.assert_close(log_p, flow.log_prob(x), atol=1e-10, rtol=0)
 
 
+def test_sample_draws_as_sample_and_log_prob_without_the_base_density(monkeypatch):
+    flow = pf.Flow(_linear_chain(3, 0), pf.StandardNormal(3)).double()
+    torch.manual_seed(4)
+    x_joint, _ = flow.sample_and_log_prob(6)
+    monkeypatch.setattr(flow.base, "log_prob", lambda *a, **k: pytest.fail("log p_0 evaluated"))
+    torch.manual_seed(4)
+    assert torch.equal(flow.sample(6), x_joint)
+    torch.manual_seed(4)
+    assert torch.equal(flow.rsample((2, 3)).reshape(6, 3), x_joint)
+
+
 def test_distribution_view():
     flow = pf.Flow(_linear_chain(2, 1), pf.StandardNormal(2)).double()
     dist = flow.distribution()
