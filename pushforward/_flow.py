@@ -307,8 +307,11 @@ class Flow(nn.Module):
         total = n * (batch or 1)
         with _v.validation(False):
             z, log_pz = self._base_draw(total, ctx, temperature, density)
-            x, ladj = self.transform(z, ctx)
-        log_px = None if log_pz is None else log_pz - ladj
+            if log_pz is None:
+                x, log_px = self.transform.push(z, ctx), None
+            else:
+                x, ladj = self.transform(z, ctx)
+                log_px = log_pz - ladj
         if _v.is_validating():
             _v.check_result(x, "Flow.sample", "the sample")
             if log_px is not None:

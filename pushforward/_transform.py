@@ -84,15 +84,7 @@ class Transform(nn.Module):
         An unconditional transform (``context_features == 0``) accepts any ``context`` and
         ignores it: it is dropped here, once, before ``_forward`` sees it.
         """
-        if not self.context_features:
-            context = None
-        if _depth == 0 and _v.in_torch_func():
-            self._require_torch_func()
-        outermost = _outermost()
-        if outermost:
-            self._validate(z, self.latent_shape, context, "z")
-            if _v.reads_values(z):
-                self._check_z(z)
+        context, outermost = self._enter(z, context, "z")
         if z.shape[0] == 0 and self.event_shape is not None:
             # An empty batch: nothing to compute (several layers' reshapes cannot infer sizes).
             return z.new_zeros(0, *self.event_shape), z.new_zeros(0)
@@ -108,15 +100,7 @@ class Transform(nn.Module):
 
         As in ``forward``, an unconditional transform ignores ``context``.
         """
-        if not self.context_features:
-            context = None
-        if _depth == 0 and _v.in_torch_func():
-            self._require_torch_func()
-        outermost = _outermost()
-        if outermost:
-            self._validate(x, self.event_shape, context, "x")
-            if _v.reads_values(x):
-                self._check_x(x)
+        context, outermost = self._enter(x, context, "x")
         if x.shape[0] == 0 and self.latent_shape is not None:
             return x.new_zeros(0, *self.latent_shape), x.new_zeros(0)
         with _Nested():
@@ -125,6 +109,42 @@ class Transform(nn.Module):
             _v.check_result(z, type(self).__name__, "inverse output")
             _v.check_result(ladj, type(self).__name__, "inverse ladj")
         return z, ladj
+
+    def push(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """``x = f(z)`` alone: ``forward`` without its ``ladj``, for sampling.
+
+        The same checks and the same ``x`` as ``forward``; a transform whose ``ladj`` costs
+        work of its own skips it (a CNF integrates ``dz/dt`` alone, without the trace: the
+        same ``x`` to the solver's tolerance, and exactly on a fixed grid).
+        """
+        context, outermost = self._enter(z, context, "z")
+        if z.shape[0] == 0 and self.event_shape is not None:
+            return z.new_zeros(0, *self.event_shape)
+        with _Nested():
+            x = self._push(z, context)
+        if outermost:
+            _v.check_result(x, type(self).__name__, "forward output")
+        return x
+
+    def _enter(
+        self, value: Tensor, context: Tensor | None, side: str
+    ) -> tuple[Tensor | None, bool]:
+        """``(context, outermost)``: the context read (None when unconditional).
+
+        The outermost call also checks ``value`` on ``side`` (``"z"`` or ``"x"``) and the context.
+        """
+        if not self.context_features:
+            context = None
+        if _depth == 0 and _v.in_torch_func():
+            self._require_torch_func()
+        outermost = _outermost()
+        if outermost:
+            latent = side == "z"
+            self._validate(value, self.latent_shape if latent else self.event_shape, context,
+                           side)
+            if _v.reads_values(value):
+                (self._check_z if latent else self._check_x)(value)
+        return context, outermost
 
     @property
     def inv(self) -> Transform:
@@ -153,6 +173,10 @@ class Transform(nn.Module):
 
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def _push(self, z: Tensor, context: Tensor | None) -> Tensor:
+        # ``forward`` (nested) by default: a subclass overriding it is honoured.
+        return self(z, context)[0]
 
     def _check_x(self, x: Tensor) -> None:
         """Raise ``ValueError`` if ``x`` is outside the domain of the inverse."""
@@ -292,6 +316,12 @@ class Chain(Transform):
             z, ladj = t(z, context)
             total = total + ladj
         return z, total
+
+    def _push(self, z: Tensor, context: Tensor | None) -> Tensor:
+        for t in self.transforms:
+            # a layer without a push of its own runs its forward directly (one call less)
+            z = t(z, context)[0] if type(t)._push is Transform._push else t.push(z, context)
+        return z
 
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         total = x.new_zeros(x.shape[0])

@@ -295,6 +295,69 @@ def test_adjoint_gradients_match_direct_backprop_including_context(trace):
     assert any(g.abs().sum() > 0 for g in grads[1][-2:])  # the embedding got its gradient
 
 
+# -- sampling without the trace ------------------------------------------------------------------
+class DivergenceEvaluated(RuntimeError):
+    pass
+
+
+def _no_divergence(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise DivergenceEvaluated
+    monkeypatch.setattr("pushforward.continuous.dynamics.divergence_exact", refuse)
+    monkeypatch.setattr("pushforward.continuous.dynamics.divergence_hutchinson", refuse)
+
+
+def test_push_integrates_the_state_alone(monkeypatch):
+    A = _matrix(3, seed=3)
+    cnf = CNF(LinearField(A), 3, **TIGHT)
+    flow = pf.Flow(cnf, pf.StandardNormal(3).double())
+    z = torch.randn(16, 3, dtype=D64)
+    x, _ = cnf(z)
+    with cnf.solver(method="rk4", steps=10):
+        x_grid, _ = cnf(z)
+        nfe = cnf.nfe
+    torch.manual_seed(0)
+    drawn, _ = flow.sample_and_log_prob(5)
+    _no_divergence(monkeypatch)
+    with pytest.raises(DivergenceEvaluated):
+        cnf(z)  # the patch bites: forward needs the divergence
+    exact = z @ torch.linalg.matrix_exp(A).T
+    assert torch.allclose(cnf.push(z), exact, atol=1e-8)  # to the solver's tolerance
+    assert torch.allclose(cnf.push(z), x, atol=1e-8)
+    with cnf.solver(method="rk4", steps=10):
+        assert torch.equal(cnf.push(z), x_grid)  # a fixed grid: the same steps, the same x
+        assert cnf.nfe == nfe == 40
+    torch.manual_seed(0)
+    assert torch.allclose(flow.sample(5), drawn, atol=1e-8)
+    with torch.inference_mode():  # no autograd needed: inference mode is not left
+        torch.manual_seed(0)
+        assert torch.allclose(flow.sample(5), drawn, atol=1e-8)
+
+
+def test_rsample_through_push_carries_the_gradient():
+    cnf = CNF(LinearField(_matrix(2, seed=4)), 2, method="rk4", steps=8)
+    flow = pf.Flow(cnf, pf.StandardNormal(2).double())
+    grads = []
+    for draw in (lambda: flow.rsample(32), lambda: flow.rsample_and_log_prob(32)[0]):
+        torch.manual_seed(1)
+        cnf.zero_grad()
+        draw().pow(2).sum().backward()
+        grads.append(cnf.field.A.grad.clone())
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-12)
+
+
+def test_augmented_samples_without_the_trace(monkeypatch):
+    flow = _augmented(_matrix(3, seed=5))
+    torch.manual_seed(2)
+    before = flow.sample(7)
+    _no_divergence(monkeypatch)
+    torch.manual_seed(2)
+    after = flow.sample(7)
+    assert after.shape == (7, 2)
+    assert torch.allclose(after, before, atol=1e-8)
+
+
 # -- augmentation -------------------------------------------------------------------------------
 def _augmented(A, q="fixed", samples=1):
     cnf = CNF(LinearField(A), 2, augment=1, **TIGHT)

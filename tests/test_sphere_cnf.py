@@ -54,6 +54,27 @@ def test_solutions_stay_on_the_sphere_and_invert():
     assert float((samples.norm(dim=-1) - 1).abs().max()) < 1e-6
 
 
+def test_push_follows_the_tangent_field_alone(monkeypatch):
+    cnf = _busy(SphereCNF(3, hidden=(16,), context_features=1).double(), scale=1.0)
+    flow = pf.Flow(cnf, pf.manifolds.UniformSphere(3).double())
+    z = _points(3, 12, 5)
+    context = torch.randn(12, 1, dtype=torch.float64)
+    x, _ = cnf(z, context)
+    torch.manual_seed(0)
+    drawn, _ = flow.sample_and_log_prob(6, context[:2])
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("autograd was used")
+
+    monkeypatch.setattr(torch.autograd, "grad", refuse)
+    pushed = cnf.push(z, context).detach()
+    # the same steps (the solver controls the point only): the same x, on the sphere
+    assert torch.allclose(pushed, x, atol=1e-12, rtol=0)
+    assert float((pushed.norm(dim=-1) - 1).abs().max()) < 1e-12
+    torch.manual_seed(0)
+    assert torch.allclose(flow.sample(6, context[:2]), drawn, atol=1e-12, rtol=0)
+
+
 def test_context_changes_the_map():
     cnf = _busy(SphereCNF(3, hidden=(16,), context_features=1).double())
     z = _points(3, 4, 3)

@@ -179,7 +179,7 @@ class AugmentedFlow(Flow):
 
     def rsample(self, n: int, context: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         """``x`` from the joint flow with ``a`` dropped, ``(n, d)`` or ``(n, B, d)``."""
-        joint, _ = super().rsample_and_log_prob(n, context, temperature)
+        joint = super().rsample(n, context, temperature)
         y = joint[..., : self.features]
         if self.data_transform is None:
             return y

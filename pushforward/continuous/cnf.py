@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from pushforward import _validation as _v
-from pushforward.continuous.dynamics import CNFDynamics, SolveRecord
+from pushforward.continuous.dynamics import CNFDynamics, FieldDynamics, SolveRecord
 from pushforward.continuous.paths import ProbabilityPath, make_path
 from pushforward.continuous.solvers import (
     FIXED_METHODS,
@@ -335,9 +336,10 @@ class CNF(Transform):
         return grid_options(self.method, self.steps, self.options)
 
     def _solve(
-        self, value: Tensor, context: Tensor | None, t0: float, t1: float
-    ) -> tuple[Tensor, Tensor]:
-        if torch.is_inference_mode_enabled():
+        self, value: Tensor, context: Tensor | None, t0: float, t1: float, density: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """The state at ``t1`` and, with ``density``, the accumulated trace (else None)."""
+        if density and torch.is_inference_mode_enabled():
             # the trace needs autograd: leave inference mode with ordinary copies of the inputs
             with torch.inference_mode(False), torch.no_grad():
                 value = value.clone()
@@ -350,13 +352,19 @@ class CNF(Transform):
             context = None
         elif context is not None:
             context = context.to(value.dtype)
-        noise = sample_noise(value, self.noise) if self.trace == "hutchinson" else None
-        dynamics = CNFDynamics(self.field, context, noise, self.regularizing)
+        regularizing = density and self.regularizing
+        dynamics: CNFDynamics
+        if density:
+            noise = sample_noise(value, self.noise) if self.trace == "hutchinson" else None
+            dynamics = CNFDynamics(self.field, context, noise, regularizing)
+        else:
+            dynamics = FieldDynamics(self.field, context)
         record.dynamics = dynamics
         if batch == 0:
             return value, value.new_zeros(0)
         zeros = value.new_zeros(batch)
-        state = (value, zeros, zeros, zeros) if self.regularizing else (value, zeros)
+        state = ((value,) if not density else (value, zeros, zeros, zeros) if regularizing
+                 else (value, zeros))
         params: tuple[Tensor, ...] = tuple(self.field.parameters())
         if context is not None and context.requires_grad:
             params = (*params, context)
@@ -365,20 +373,26 @@ class CNF(Transform):
             out = solve(
                 dynamics, state, t0, t1, rtol=rtol, atol=atol, method=self.method,
                 options=self._solver_options(), adjoint=self.adjoint, adjoint_params=params,
-                controlled=2,
+                controlled=2 if density else 1,
             )
         finally:
             dynamics.solving = False
-        if self.regularizing:
+        if regularizing:
             sign = 1.0 if t1 > t0 else -1.0
             record.kinetic, record.frobenius = sign * out[2], sign * out[3]
-        return out[0], out[1]
+        return out[0], (out[1] if density else None)
 
     def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self._solve(z, context, 0.0, self.t1)
+        x, ladj = self._solve(z, context, 0.0, self.t1)
+        return x, cast(Tensor, ladj)
+
+    def _push(self, z: Tensor, context: Tensor | None) -> Tensor:
+        # dz/dt alone: no trace, no autograd in the right-hand side
+        return self._solve(z, context, 0.0, self.t1, density=False)[0]
 
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self._solve(x, context, self.t1, 0.0)
+        z, ladj = self._solve(x, context, self.t1, 0.0)
+        return z, cast(Tensor, ladj)
 
     def extra_repr(self) -> str:
         """What ``repr`` shows after the class name."""

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from pushforward.continuous.traces import divergence_exact, divergence_hutchinson
 
-__all__ = ["CNFDynamics", "SolveRecord"]
+__all__ = ["CNFDynamics", "FieldDynamics", "SolveRecord"]
 
 
 class CNFDynamics:
@@ -83,6 +83,25 @@ class CNFDynamics:
             return out, trace
         kinetic = out.pow(2).reshape(out.shape[0], -1).sum(-1)
         return out, trace, kinetic, frobenius
+
+
+class FieldDynamics(CNFDynamics):
+    """``(t, (z,)) -> (f(t, z),)``: the state alone, for a solve whose ``ladj`` nobody reads.
+
+    No trace and no autograd inside the right-hand side (``CNF.push``); counts evaluations as
+    ``CNFDynamics`` does.
+    """
+
+    def __init__(self, field: nn.Module, context: Tensor | None) -> None:
+        super().__init__(field, context, None, False)
+
+    def __call__(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """``dz/dt`` at ``t``."""
+        if self.solving:
+            self.nfe_forward += 1
+        else:
+            self.nfe_backward += 1
+        return (self.evaluate(t, state[0]),)
 
 
 class SolveRecord:

@@ -153,7 +153,8 @@ def check_transform(
     """Check that ``t`` honours the Transform contract at the data points ``x``.
 
     Runs on a float64 copy of ``t`` in eval mode (the original is untouched) and checks:
-    ``forward(inverse(x)) ≈ x``; ``inverse(forward(z)) ≈ z``; ``ladj`` has shape ``(batch,)``;
+    ``forward(inverse(x)) ≈ x``; ``inverse(forward(z)) ≈ z``; ``push(z)`` is forward's ``x``;
+    ``ladj`` has shape ``(batch,)``;
     the inverse ``ladj`` is minus the forward ``ladj`` at the image; the forward ``ladj`` equals
     ``log|det|`` of the autograd Jacobian per sample (skipped when ``t.exact_ladj`` is False);
     every parameter gets a gradient; with a context, the output depends on it; an
@@ -201,6 +202,11 @@ def check_transform(
     report["forward(inverse(x))"] = _max_error(x2, x)
     _expect(_close(x2, x, atol, rtol), "forward(inverse(x)) = x",
             f"max error {report['forward(inverse(x))']:.3e} > atol {atol:g}")
+    pushed = t64.push(z, context)
+    report["push(z) = forward(z)"] = _max_error(pushed, x2)
+    _expect(pushed.shape == x2.shape and _close(pushed, x2, atol, rtol), "push(z) = forward(z)",
+            f"push gave shape {tuple(pushed.shape)}, max error "
+            f"{report['push(z) = forward(z)']:.3e} from forward's x")
     z2, _ = t64.inverse(x2, context)
     report["inverse(forward(z))"] = _max_error(z2, z)
     _expect(_close(z2, z, atol, rtol), "inverse(forward(z)) = z",

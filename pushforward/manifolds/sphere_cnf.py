@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -132,15 +133,22 @@ def _check_grid(method: str, steps: int | None, options: dict) -> None:
 
 
 class _Dynamics:
-    """``(t, (x, ℓ)) -> (v, div_𝕊 v)`` for one solve, counting field evaluations."""
+    """``(t, (x, ℓ)) -> (v, div_𝕊 v)`` for one solve, counting field evaluations.
 
-    def __init__(self, velocity: nn.Module, context: Tensor | None) -> None:
+    Without ``density``: ``(t, (x,)) -> (v,)``, no autograd.
+    """
+
+    def __init__(self, velocity: nn.Module, context: Tensor | None, density: bool = True
+                 ) -> None:
         self.velocity = velocity
         self.context = context
+        self.density = density
         self.nfe = 0
 
-    def __call__(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def __call__(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         self.nfe += 1
+        if not self.density:
+            return (self.velocity(t.expand(state[0].shape[0]), state[0], self.context),)
         create_graph = torch.is_grad_enabled()
         x = state[0]
         with torch.enable_grad():
@@ -301,9 +309,10 @@ class SphereCNF(Transform):
             out = self.field(t, x_hat, context.to(x.dtype))
         return Sphere.to_tangent(x_hat, out)
 
-    def _solve(self, value: Tensor, context: Tensor | None, t0: float, t1: float
-               ) -> tuple[Tensor, Tensor]:
-        if torch.is_inference_mode_enabled():
+    def _solve(self, value: Tensor, context: Tensor | None, t0: float, t1: float,
+               density: bool = True) -> tuple[Tensor, Tensor | None]:
+        """The point at ``t1`` and, with ``density``, ``∫ div_𝕊 v dt`` (else None)."""
+        if density and torch.is_inference_mode_enabled():
             with torch.inference_mode(False), torch.no_grad():
                 value = value.clone()
                 context = None if context is None else context.clone()
@@ -312,23 +321,29 @@ class SphereCNF(Transform):
             context = None
         elif context is not None:
             context = context.to(value.dtype)
-        dynamics = _Dynamics(self.velocity, context)
+        dynamics = _Dynamics(self.velocity, context, density)
         rtol, atol = default_tolerances(value.dtype)
         rtol, atol = self.rtol or rtol, self.atol or atol
+        state = (value, value.new_zeros(value.shape[0])) if density else (value,)
         try:
             options = grid_options(self.method, self.steps, self.options)
-            x, ladj = solve(dynamics, (value, value.new_zeros(value.shape[0])), t0, t1,
-                            rtol=rtol, atol=atol, method=self.method, options=options,
-                            controlled=1)
+            out = solve(dynamics, state, t0, t1, rtol=rtol, atol=atol, method=self.method,
+                        options=options, controlled=1)
         finally:
             self.__dict__["_last_nfe"] = dynamics.nfe
-        return _unit(x), ladj
+        return _unit(out[0]), (out[1] if density else None)
 
     def _forward(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self._solve(z, context, 0.0, 1.0)
+        x, ladj = self._solve(z, context, 0.0, 1.0)
+        return x, cast(Tensor, ladj)
+
+    def _push(self, z: Tensor, context: Tensor | None) -> Tensor:
+        # the tangent field alone: no divergence, no autograd in the right-hand side
+        return self._solve(z, context, 0.0, 1.0, density=False)[0]
 
     def _inverse(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self._solve(x, context, 1.0, 0.0)
+        z, ladj = self._solve(x, context, 1.0, 0.0)
+        return z, cast(Tensor, ladj)
 
     def _check_x(self, x: Tensor) -> None:
         if _v.is_validating():
