@@ -362,9 +362,9 @@ class CNF(Transform):
         record.dynamics = dynamics
         if batch == 0:
             return value, value.new_zeros(0)
-        zeros = value.new_zeros(batch)
-        state = ((value,) if not density else (value, zeros, zeros, zeros) if regularizing
-                 else (value, zeros))
+        # the state, then the log-determinant and the two RNODE integrals where they are wanted
+        integrals = 3 if regularizing else 1 if density else 0
+        state = (value, *[value.new_zeros(batch)] * integrals)
         params: tuple[Tensor, ...] = tuple(self.field.parameters())
         if context is not None and context.requires_grad:
             params = (*params, context)

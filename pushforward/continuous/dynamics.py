@@ -61,12 +61,16 @@ class CNFDynamics:
                 )
         return out
 
-    def __call__(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """The time derivative of the state at ``t`` (counting field evaluations)."""
+    def count(self) -> None:
+        """One more field evaluation: of the solve, or of the adjoint backward pass after it."""
         if self.solving:
             self.nfe_forward += 1
         else:
             self.nfe_backward += 1
+
+    def __call__(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """The time derivative of the state at ``t`` (counting field evaluations)."""
+        self.count()
         create_graph = torch.is_grad_enabled()
         z = state[0]
         with torch.enable_grad():
@@ -97,10 +101,7 @@ class FieldDynamics(CNFDynamics):
 
     def __call__(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """``dz/dt`` at ``t``."""
-        if self.solving:
-            self.nfe_forward += 1
-        else:
-            self.nfe_backward += 1
+        self.count()
         return (self.evaluate(t, state[0]),)
 
 
