@@ -19,9 +19,13 @@ and how much the model.
 
     python benchmarks/earth_kde.py --data ../shared/data/earth            # 5 seeds
     python benchmarks/earth_kde.py --data ../shared/data/earth --seeds 2
+    python benchmarks/earth_kde.py --data ../shared/data/earth --scales   # α at k = 2
 
 Writes ``benchmarks/earth_kde.md`` (test NLL mean ± std, nats) and ``benchmarks/earth_kde.json``
-(per seed and kind: the chosen bandwidth, validation and test NLL).
+(per seed and kind: the chosen bandwidth, validation and test NLL). With ``--scales``, instead:
+the adaptive estimate at ``k = 2`` (flow matching's smoothing rule, ``α`` its ``smoothing``) for
+each ``α`` of a grid, floor 0.001 rad, to ``benchmarks/earth_kde_scales.{md,json}`` — which
+smoothing scale each data set's kernel estimate prefers.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ GRID = [10 ** (e / 8) for e in range(8, 41)]
 NEIGHBOURS = (1, 2, 4, 8, 16)
 SCALES = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5)
 FLOORS = (0.01, 0.001)
+SMOOTHING_SCALES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0)
 
 
 def log_density(train: torch.Tensor, x: torch.Tensor, kappa: torch.Tensor | float
@@ -77,6 +82,40 @@ def adaptive(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor, floor: 
             "test": round(test_nll, 4)}
 
 
+def scale_curve(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor) -> list[dict]:
+    """Validation and test NLL of ``κᵢ = 1/(α · max(d₂(xᵢ), 0.001))²`` for every ``α``."""
+    d2 = _neighbour_distances(train, 2)[1].clamp(min=FLOORS[-1])
+    rows = []
+    for alpha in SMOOTHING_SCALES:
+        kappa = 1 / (alpha * d2) ** 2
+        val_nll, test_nll = (-float(log_density(train, x, kappa).mean()) for x in (val, test))
+        rows.append({"alpha": alpha, "val": round(val_nll, 4), "test": round(test_nll, 4)})
+    return rows
+
+
+def scales(data: Path, seeds: int) -> None:
+    """``--scales``: the k = 2 estimate's NLL against ``α``, per data set and seed."""
+    results, lines = {}, [
+        "| dataset | seed | " + " | ".join(f"α = {a:g}" for a in SMOOTHING_SCALES) + " |",
+        "|---|---|" + "---|" * len(SMOOTHING_SCALES)]
+    for name, file in DATASETS.items():
+        results[name] = []
+        for seed in range(seeds):
+            bundle = load_dataset(data / file, seed=seed, manifold="sphere")
+            rows = scale_curve(*(t.double() for t in (bundle.train, bundle.val, bundle.test)))
+            results[name].append({"seed": seed, "scales": rows})
+            lines.append(f"| {name} | {seed} | " + " | ".join(
+                f"{r['test']:.3f} ({r['val']:.3f})" for r in rows) + " |")
+    table = "\n".join(lines)
+    print(table)
+    (HERE / "earth_kde_scales.md").write_text(
+        "# The k = 2 adaptive kernel estimate against its scale α (test NLL, validation in "
+        "brackets; floor 0.001 rad)\n\n"
+        f"`python benchmarks/earth_kde.py --data ../shared/data/earth --seeds {seeds} --scales`"
+        "\n\n" + table + "\n")
+    (HERE / "earth_kde_scales.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
 def run(path: Path, seed: int) -> dict:
     """Both kinds of estimate on one seeded split, and the share of repeated test points."""
     bundle = load_dataset(path, seed=seed, manifold="sphere")
@@ -97,7 +136,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="folder of the Earth CSV files")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--scales", action="store_true",
+                        help="the k = 2 estimate against its scale α instead (smoothing)")
     args = parser.parse_args()
+    if args.scales:
+        scales(Path(args.data), args.seeds)
+        return
     results = {name: [run(Path(args.data) / file, seed) for seed in range(args.seeds)]
                for name, file in DATASETS.items()}
     lines = ["| dataset | fixed κ | adaptive, floor 0.01 rad | adaptive, floor 0.001 rad "
