@@ -101,25 +101,35 @@ def scales(data: Path, seeds: int) -> None:
     for name, file in DATASETS.items():
         results[name] = []
         for seed in range(seeds):
-            bundle = load_dataset(data / file, seed=seed, manifold="sphere")
-            rows = scale_curve(*(t.double() for t in (bundle.train, bundle.val, bundle.test)))
+            rows = scale_curve(*splits(data / file, seed))
             results[name].append({"seed": seed, "scales": rows})
             lines.append(f"| {name} | {seed} | " + " | ".join(
                 f"{r['test']:.3f} ({r['val']:.3f})" for r in rows) + " |")
+    write("earth_kde_scales", "The k = 2 adaptive kernel estimate against its scale α (test "
+          "NLL, validation in brackets; floor 0.001 rad)", f"--seeds {seeds} --scales", lines,
+          results)
+
+
+def splits(path: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``examples/earth.py``'s seeded train, validation and test split, in float64."""
+    bundle = load_dataset(path, seed=seed, manifold="sphere")
+    return bundle.train.double(), bundle.val.double(), bundle.test.double()
+
+
+def write(stem: str, title: str, flags: str, lines: list[str], results: dict) -> None:
+    """Print the Markdown table and write ``<stem>.md`` (title, command, table) and
+    ``<stem>.json`` beside this script."""
     table = "\n".join(lines)
     print(table)
-    (HERE / "earth_kde_scales.md").write_text(
-        "# The k = 2 adaptive kernel estimate against its scale α (test NLL, validation in "
-        "brackets; floor 0.001 rad)\n\n"
-        f"`python benchmarks/earth_kde.py --data ../shared/data/earth --seeds {seeds} --scales`"
-        "\n\n" + table + "\n")
-    (HERE / "earth_kde_scales.json").write_text(json.dumps(results, indent=2) + "\n")
+    (HERE / f"{stem}.md").write_text(
+        f"# {title}\n\n`python benchmarks/earth_kde.py --data ../shared/data/earth {flags}`"
+        f"\n\n{table}\n")
+    (HERE / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 def run(path: Path, seed: int) -> dict:
     """Both kinds of estimate on one seeded split, and the share of repeated test points."""
-    bundle = load_dataset(path, seed=seed, manifold="sphere")
-    train, val, test = (t.double() for t in (bundle.train, bundle.val, bundle.test))
+    train, val, test = splits(path, seed)
     repeated = float(((test @ train.T) >= 1 - 1e-12).any(dim=1).double().mean())
     return {"seed": seed, "repeated_test_share": round(repeated, 4),
             "fixed": fixed(train, val, test),
@@ -155,14 +165,8 @@ def main() -> None:
             summary([r["adaptive"][i]["test"] for r in rows]) for i in range(len(FLOORS))]
         share = statistics.mean(r["repeated_test_share"] for r in rows)
         lines.append(f"| {name} | {' | '.join(columns)} | {100 * share:.0f} % | {seeds} |")
-    table = "\n".join(lines)
-    print(table)
-    (HERE / "earth_kde.md").write_text(
-        "# vMF kernel density estimates on the Earth data (bandwidths chosen on validation)"
-        "\n\n"
-        f"`python benchmarks/earth_kde.py --data ../shared/data/earth --seeds {args.seeds}`\n\n"
-        + table + "\n")
-    (HERE / "earth_kde.json").write_text(json.dumps(results, indent=2) + "\n")
+    write("earth_kde", "vMF kernel density estimates on the Earth data (bandwidths chosen on "
+          "validation)", f"--seeds {args.seeds}", lines, results)
 
 
 if __name__ == "__main__":
