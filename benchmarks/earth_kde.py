@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -43,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.earth import DATASETS  # noqa: E402
 from pushforward.data import load_dataset  # noqa: E402
-from pushforward.manifolds._bessel import vmf_log_normalizer  # noqa: E402
-from pushforward.manifolds.geodesic import _neighbour_distances  # noqa: E402
+from pushforward.manifolds.bandwidth import kernel_log_density  # noqa: E402
+from pushforward.manifolds.neighbours import neighbour_distances  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GRID = [10 ** (e / 8) for e in range(8, 41)]
@@ -54,41 +53,32 @@ FLOORS = (0.01, 0.001)
 SMOOTHING_SCALES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0)
 
 
-def log_density(train: torch.Tensor, x: torch.Tensor, kappa: torch.Tensor | float
-                ) -> torch.Tensor:
-    """``log p(x)`` of the kernel estimate with concentrations ``kappa`` (one, or one per
-    training point), ``(batch,)``, computed in chunks of 1,024."""
-    kappa = torch.as_tensor(kappa, dtype=train.dtype)
-    log_c = vmf_log_normalizer(3, kappa)
-    parts = [torch.logsumexp(kappa * (chunk @ train.T) + log_c, dim=1) for chunk in x.split(1024)]
-    return torch.cat(parts) - math.log(train.shape[0])
-
-
 def fixed(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor) -> dict:
     """One κ chosen on validation, and the validation and test NLL at that κ."""
-    val_nll, kappa = min((-float(log_density(train, val, k).mean()), k) for k in GRID)
-    test_nll = -float(log_density(train, test, kappa).mean())
+    val_nll, kappa = min((-float(kernel_log_density(train, k, val).mean()), k) for k in GRID)
+    test_nll = -float(kernel_log_density(train, kappa, test).mean())
     return {"kappa": round(kappa, 1), "val": round(val_nll, 4), "test": round(test_nll, 4)}
 
 
 def adaptive(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor, floor: float) -> dict:
     """``κᵢ = 1/(α · max(d_k(xᵢ), floor))²`` with ``k`` and ``α`` chosen on validation."""
-    distances = {k: _neighbour_distances(train, k)[1].clamp(min=floor) for k in NEIGHBOURS}
+    distances = {k: neighbour_distances(train, k)[1].clamp(min=floor) for k in NEIGHBOURS}
     val_nll, k, alpha = min(
-        (-float(log_density(train, val, 1 / (a * distances[k]) ** 2).mean()), k, a)
+        (-float(kernel_log_density(train, 1 / (a * distances[k]) ** 2, val).mean()), k, a)
         for k in NEIGHBOURS for a in SCALES)
-    test_nll = -float(log_density(train, test, 1 / (alpha * distances[k]) ** 2).mean())
+    test_nll = -float(kernel_log_density(train, 1 / (alpha * distances[k]) ** 2, test).mean())
     return {"floor": floor, "k": k, "alpha": alpha, "val": round(val_nll, 4),
             "test": round(test_nll, 4)}
 
 
 def scale_curve(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor) -> list[dict]:
     """Validation and test NLL of ``κᵢ = 1/(α · max(d₂(xᵢ), 0.001))²`` for every ``α``."""
-    d2 = _neighbour_distances(train, 2)[1].clamp(min=FLOORS[-1])
+    d2 = neighbour_distances(train, 2)[1].clamp(min=FLOORS[-1])
     rows = []
     for alpha in SMOOTHING_SCALES:
         kappa = 1 / (alpha * d2) ** 2
-        val_nll, test_nll = (-float(log_density(train, x, kappa).mean()) for x in (val, test))
+        val_nll, test_nll = (-float(kernel_log_density(train, kappa, x).mean())
+                             for x in (val, test))
         rows.append({"alpha": alpha, "val": round(val_nll, 4), "test": round(test_nll, 4)})
     return rows
 

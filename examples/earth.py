@@ -76,7 +76,9 @@ def run(name: str, data: Path, seed: int, steps: int, options: dict,
     return {"seed": seed, "test_nll": test, "best_val_nll": min(history.val_nll),
             "train_seconds": seconds, "eval_seconds": time.time() - start - seconds,
             "steps": steps, "options": options, "training": training,
-            "pairs": training.get("pairs") or pf.manifolds.GeodesicPath.pairs}, flow
+            "pairs": training.get("pairs") or pf.manifolds.GeodesicPath.pairs,
+            "smoothing": objective.scale if objective.scale is not None
+            else training.get("smoothing")}, flow
 
 
 def density_map(flow: pf.Flow, test: torch.Tensor, title: str, path: Path) -> None:
@@ -151,7 +153,8 @@ def main() -> None:
                         "batch (default: the path's, 8192; 1: no repeats)")
     parser.add_argument("--smoothing", type=float, default=None,
                         help="data smoothing, a multiple of each point's second-neighbour "
-                        "distance (default: the path's, 0.7; 0: none)")
+                        "distance (default: the path's 'auto', chosen by cross-validation; "
+                        "0: none)")
     parser.add_argument("--quick", action="store_true", help="one dataset, one seed, few steps")
     parser.add_argument("--merge", action="store_true", help="only merge finished seeds")
     args = parser.parse_args()

@@ -161,7 +161,7 @@ def test_smoothing_keeps_a_good_turing_share_of_the_points_exact():
 
 
 def test_neighbour_table_gives_whole_set_distances_to_a_subsample():
-    from pushforward.manifolds.geodesic import NeighbourDistances
+    from pushforward.manifolds.neighbours import NeighbourDistances
 
     path = GeodesicPath(3)
     x = _points(3, 2000, 11)
@@ -216,12 +216,15 @@ def test_flow_matching_smoothing_option():
     flow = pf.flows.build("sphere-cnf", features=3, hidden=(8,))
     x = _points(3, 16, 3).float()
     losses = {}
-    for smoothing in (None, flow.transform.path.smoothing, 0, 0.5):
+    for smoothing in (None, "auto", flow.transform.path.smoothing_scale(x), 0, 0.5):
         torch.manual_seed(0)
         losses[smoothing] = FlowMatching(smoothing=smoothing).loss(flow, flow, x, None)[0]
-    # the default is the sphere path's own smoothing; 0 regresses on the bare points
-    assert torch.equal(losses[None], losses[flow.transform.path.smoothing])
-    assert flow.transform.path.smoothing > 0 and not torch.equal(losses[None], losses[0])
+    # the default is the sphere path's own smoothing, a scale chosen from the data (here the
+    # batch); 0 regresses on the bare points
+    assert flow.transform.path.smoothing == "auto"
+    assert torch.equal(losses[None], losses["auto"])
+    assert torch.equal(losses[None], losses[flow.transform.path.smoothing_scale(x)])
+    assert not torch.equal(losses[None], losses[0])
     assert all(torch.isfinite(v) for v in losses.values())
 
 

@@ -38,8 +38,9 @@ def SphereCNF(
     ``t = 0`` to the data at ``t = 1``; its density (w.r.t. the sphere's surface measure) is the
     exact change of variables through the Riemannian divergence. Train it with
     ``pf.fit(flow, data, objective="flow-matching")`` (batch 4096, at least 8192 (noise, time,
-    data) triples per step and data smoothing 0.7 by default: the geodesic path's
-    ``batch_size``, ``pairs`` and ``smoothing``).
+    data) triples per step and data smoothing at a scale chosen from the training set by
+    cross-validation by default: the geodesic path's ``batch_size``, ``pairs`` and
+    ``smoothing = "auto"``).
 
     Defaults (measured on the Earth data, 3,000 steps, docs/guide/earth.md): a 4×256 field at
     batch 4096 beats a 4×512 one at batch 1024 or 2048 for the same or less time (flood test
