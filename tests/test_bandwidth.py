@@ -13,7 +13,9 @@ from pushforward.manifolds.bandwidth import (
     cross_validated_scale,
     kernel_log_density,
     scale_log_likelihoods,
+    seeded_permutation,
 )
+from pushforward.manifolds.neighbours import neighbour_distances
 from pushforward.training.objectives import FlowMatching
 
 
@@ -57,6 +59,24 @@ def test_scale_choice_is_rotation_invariant_and_leaves_the_global_generator_alon
     assert torch.allclose(scale_log_likelihoods(x @ q.T), scores, rtol=0, atol=1e-8)
     assert scores.shape == (len(SCALES),) and bool(torch.isfinite(scores).all())
     assert GeodesicPath(3).smoothing_scale(x) == SCALES[int(scores.argmax())]
+
+
+def test_held_out_scores_equal_the_kernel_density_of_the_other_folds():
+    x = _points(2200, 9)  # each fold holds out 1,100 points: chunks of 1,024 and 76
+    order, scales = seeded_permutation(2200), (0.3, 1.0)
+    assert torch.equal(order.sort().values, torch.arange(2200))
+    state = torch.get_rng_state()
+    assert torch.equal(seeded_permutation(2200), order)
+    assert torch.equal(torch.get_rng_state(), state)
+    expected = torch.zeros(2, dtype=torch.float64)
+    for held in order.chunk(2):
+        kept = torch.ones(2200, dtype=torch.bool)
+        kept[held] = False
+        width = neighbour_distances(x[kept], 2)[1].clamp(min=1e-3)
+        for i, scale in enumerate(scales):
+            expected[i] += kernel_log_density(x[kept], 1 / (scale * width) ** 2, x[held]).sum()
+    assert torch.allclose(scale_log_likelihoods(x, scales, folds=2), expected / 2200,
+                          rtol=0, atol=1e-12)
 
 
 def test_small_and_bad_inputs():

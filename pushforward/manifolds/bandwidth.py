@@ -28,12 +28,21 @@ from torch import Tensor
 from pushforward.manifolds._bessel import vmf_log_normalizer
 from pushforward.manifolds.neighbours import neighbour_distances
 
-__all__ = ["SCALES", "kernel_log_density", "scale_log_likelihoods", "cross_validated_scale"]
+__all__ = ["SCALES", "kernel_log_density", "scale_log_likelihoods", "cross_validated_scale",
+           "seeded_permutation"]
 
 #: the candidate scales ``α = 0.25 · 2^{k/4}``, ``k = 0 … 12``
 SCALES = tuple(0.25 * 2 ** (k / 4) for k in range(13))
 #: the least bandwidth, in radians (repeated locations have ``d₂ = 0``)
 FLOOR = 1e-3
+
+
+def seeded_permutation(n: int) -> Tensor:
+    """A permutation of ``0 … n−1`` from a generator of its own (seed 0), on the CPU.
+
+    The same for the same ``n``, and torch's global random state is left alone.
+    """
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))
 
 
 def kernel_log_density(centres: Tensor, kappa: Tensor | float, x: Tensor) -> Tensor:
@@ -47,9 +56,16 @@ def kernel_log_density(centres: Tensor, kappa: Tensor | float, x: Tensor) -> Ten
     centres, x = centres.double(), x.double()
     kappa = torch.as_tensor(kappa, dtype=torch.float64, device=centres.device)
     log_c = vmf_log_normalizer(centres.shape[1], kappa)
-    parts = [torch.logsumexp(kappa * (chunk @ centres.T) + log_c, dim=1)
-             for chunk in x.split(1024)]
-    return torch.cat(parts) - math.log(centres.shape[0])
+    return torch.cat([_mixture_log_density(chunk @ centres.T, kappa, log_c)
+                      for chunk in x.split(1024)])
+
+
+def _mixture_log_density(cosines: Tensor, kappa: Tensor, log_c: Tensor) -> Tensor:
+    """``log (1/N) Σᵢ C(κᵢ) exp(κᵢ cᵢ)`` per row of the cosines ``cᵢ = xᵀxᵢ``, ``(batch, N)``.
+
+    ``log_c``: ``log C(κᵢ)``, the kernels' log normalisers.
+    """
+    return torch.logsumexp(kappa * cosines + log_c, dim=1) - math.log(cosines.shape[1])
 
 
 def scale_log_likelihoods(x: Tensor, scales: tuple[float, ...] = SCALES, folds: int = 10,
@@ -72,16 +88,19 @@ def scale_log_likelihoods(x: Tensor, scales: tuple[float, ...] = SCALES, folds: 
         raise ValueError(f"scale_log_likelihoods: need (N, n) points with N >= 2 and folds "
                          f">= 2, got shape {tuple(x.shape)} and folds={folds}")
     x = x.detach().double()
-    generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    order = seeded_permutation(x.shape[0]).to(x.device)
     total = torch.zeros(len(scales), dtype=torch.float64, device=x.device)
     for held in order.chunk(min(folds, x.shape[0])):
         kept = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         kept[held] = False
         centres = x[kept]
         width = neighbour_distances(centres, 2)[1].clamp(min=floor)
-        for i, scale in enumerate(scales):
-            total[i] += kernel_log_density(centres, 1 / (scale * width) ** 2, x[held]).sum()
+        kappas = [1 / (scale * width) ** 2 for scale in scales]
+        log_cs = [vmf_log_normalizer(x.shape[1], kappa) for kappa in kappas]
+        for chunk in x[held].split(1024):
+            cosines = chunk @ centres.T  # once per chunk, for every scale
+            for i, (kappa, log_c) in enumerate(zip(kappas, log_cs)):
+                total[i] += _mixture_log_density(cosines, kappa, log_c).sum()
     return total / x.shape[0]
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from pushforward.continuous.paths import stratified_uniform
-from pushforward.manifolds.bandwidth import cross_validated_scale
+from pushforward.manifolds.bandwidth import cross_validated_scale, seeded_permutation
 from pushforward.manifolds.neighbours import NeighbourDistances, angle, smoothing_distances
 from pushforward.manifolds.spaces import Sphere
 
@@ -171,8 +171,7 @@ class GeodesicPath:
             raise ValueError(f"GeodesicPath.smoothing_scale: x must be (N, {self.n}), got "
                              f"{tuple(x.shape)}")
         if x.shape[0] > NeighbourDistances.limit:
-            generator = torch.Generator().manual_seed(0)
-            keep = torch.randperm(x.shape[0], generator=generator)[:NeighbourDistances.limit]
+            keep = seeded_permutation(x.shape[0])[:NeighbourDistances.limit]
             x = x[keep.to(x.device)]
         return cross_validated_scale(x)
 

@@ -1,4 +1,4 @@
-"""Distances between neighbouring points on the sphere, the scale of flow matching's smoothing.
+"""Distances between neighbouring points on the sphere: the widths of flow matching's smoothing.
 
 ``neighbour_distances(x, k)`` gives each point's geodesic distance to its nearest and ``k``-th
 nearest other point; ``NeighbourDistances`` tabulates ``d₁``, ``d₂`` over a fixed training set
