@@ -6,6 +6,7 @@ One command, one process, one thread::
     python benchmarks/flow_matching.py --quick               # smoke test (a minute or two)
     python benchmarks/flow_matching.py --datasets moons digits --fm-steps 2000
     python benchmarks/flow_matching.py --methods "flow matching" "torchcfm OT-CFM" --seed 1
+    python benchmarks/flow_matching.py --merge RUN1.json RUN2.json   # mean ± std over seeds
 
 Per dataset (the 2-D toys with their true NLL where it has a closed form or a 1-D quadrature;
 scikit-learn's 8×8 digits, 64-D, dequantised and logit-transformed, in bits/dim):
@@ -298,6 +299,43 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def merge(paths: list[Path], out: Path) -> None:
+    """Ours against torchcfm over the seeds of several records: mean ± std and per-seed gaps."""
+    rows = [row for path in paths for row in json.loads(path.read_text())["results"]]
+    pair = ("flow matching", "torchcfm OT-CFM")
+    lines = ["| dataset | seeds | ours | torchcfm | ours − torchcfm per seed | ours lower "
+             "| ms/step alternating ours / torchcfm (median) |", "|---|---|---|---|---|---|---|"]
+    summary = []
+    for name in dict.fromkeys(row["dataset"] for row in rows):
+        by_seed = {}
+        for row in rows:
+            if row["dataset"] == name and row["method"] in pair:
+                by_seed.setdefault(row["seed"], {})[row["method"]] = row
+        seeds = sorted(seed for seed, both in by_seed.items() if len(both) == 2)
+        if not seeds:
+            continue
+        nll = {m: np.array([by_seed[s][m]["test_nll"] for s in seeds]) for m in pair}
+        speed = {m: float(np.median([by_seed[s][m].get("ms_per_step_alternating", np.nan)
+                                     for s in seeds])) for m in pair}
+        gaps = nll[pair[0]] - nll[pair[1]]
+        unit = by_seed[seeds[0]][pair[0]]["unit"]
+        summary.append({"dataset": name, "seeds": seeds, "unit": unit,
+                        **{f"{m} test_nll": nll[m].tolist() for m in pair},
+                        **{f"{m} ms_per_step_alternating": speed[m] for m in pair}})
+        lines.append(
+            f"| {name} ({unit}) | {len(seeds)} "
+            f"| {nll[pair[0]].mean():.3f} ± {nll[pair[0]].std():.3f} "
+            f"| {nll[pair[1]].mean():.3f} ± {nll[pair[1]].std():.3f} "
+            f"| {', '.join(f'{g:+.3f}' for g in gaps)} | {int((gaps < 0).sum())} of {len(seeds)} "
+            f"| {speed[pair[0]]:.1f} / {speed[pair[1]]:.1f} |")
+    text = "\n".join(lines)
+    print(text)
+    out.write_text(json.dumps({"merged": [str(p) for p in paths], "rows": summary,
+                               "table": text}, indent=2))
+    out.with_suffix(".md").write_text(text + "\n")
+    print(f"\nwrote {out} and {out.with_suffix('.md')}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=[*TOYS, "digits"],
@@ -325,7 +363,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: moons only, 200 steps, small sets")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="no training: ours against torchcfm over the seeds of these records "
+                             "(written to --out, default flow_matching_seeds.json)")
     args = parser.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out or Path(__file__).with_name("flow_matching_seeds.json"))
+        return
     if args.quick:
         args.datasets, args.fm_steps, args.n_train, args.n_test = ["moons"], 200, 2000, 300
         args.n_sample, args.calibration_steps = 200, 3
