@@ -249,11 +249,14 @@ def per_step_speed(data: dict, args: argparse.Namespace, seed: int) -> dict | No
             "ours_rounds": ours, "torchcfm_rounds": theirs}
 
 
-def run_dataset(name: str, args: argparse.Namespace, seed: int) -> list[dict]:
+def run_dataset(name: str, args: argparse.Namespace, seed: int) -> tuple[list[dict], dict | None]:
+    """The rows of ``--methods`` on one dataset, and the alternating per-step speed (or None)."""
     data = load(name, args.n_train, args.n_test, seed)
     results = []
     budget = None
     speed = per_step_speed(data, args, seed) if args.speed_rounds else None
+    if speed is not None:
+        print(json.dumps({"dataset": name, "speed": speed}), flush=True)
     for method in args.methods:
         if method == "torchcfm OT-CFM":
             try:
@@ -280,7 +283,7 @@ def run_dataset(name: str, args: argparse.Namespace, seed: int) -> list[dict]:
                 "ours_ms" if method == "flow matching" else "torchcfm_ms"]
         print(json.dumps(row), flush=True)
         results.append(row)
-    return results
+    return results, speed
 
 
 def table(results: list[dict]) -> str:
@@ -296,6 +299,18 @@ def table(results: list[dict]) -> str:
             f"| {row['dataset']} | {row['method']} | {row['test_nll']:.3f} {row['unit']} "
             f"| {true} | {row['train_s']:.0f} | {row['steps']} | {row['ms_per_step']:.1f} "
             f"| {alternating} | {row['nfe_dopri5']} | {rk4} |")
+    return "\n".join(rows)
+
+
+def speed_table(speeds: dict) -> str:
+    """ms per step, ours and torchcfm's, median of the alternating rounds, and their ratio."""
+    rows = ["| dataset | ours ms/step | torchcfm ms/step | torchcfm / ours | rounds |",
+            "|---|---|---|---|---|"]
+    for name, speed in speeds.items():
+        if speed:
+            rows.append(f"| {name} | {speed['ours_ms']:.2f} | {speed['torchcfm_ms']:.2f} "
+                        f"| {speed['torchcfm_ms'] / speed['ours_ms']:.3f} "
+                        f"| {len(speed['ours_rounds'])} |")
     return "\n".join(rows)
 
 
@@ -351,9 +366,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="relative RMS sample error the RK4 sampler must reach")
     parser.add_argument("--calibration-steps", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
                         help="which to train (FFJORD/RNODE need 'flow matching' before them: "
-                             "its time is their budget)")
+                             "its time is their budget); none: the per-step speed alone")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="time training by wall clock or by this thread's CPU time (use "
                              "cpu on a loaded machine)")
@@ -380,10 +395,13 @@ def main(argv: list[str] | None = None) -> None:
     global clock
     clock = CLOCKS[args.clock]
 
-    results = []
+    results, speeds = [], {}
     for name in args.datasets:
-        results.extend(run_dataset(name, args, args.seed))
-    text = table(results)
+        rows, speeds[name] = run_dataset(name, args, args.seed)
+        results.extend(rows)
+    text = "\n\n".join(part for part in (table(results) if results else "",
+                                          speed_table(speeds) if any(speeds.values()) else "")
+                         if part)
     print()
     print(f"flow matching: {args.fm_steps} steps, batch {args.batch_size}; MLE at the same "
           f"{args.clock} clock; seed {args.seed}; RK4 accuracy {args.accuracy:g}")
@@ -392,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.platform(), "torch": torch.__version__,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "results": results, "table": text,
+        "results": results, "table": text, "speed": speeds,
     }
     out.write_text(json.dumps(record, indent=2))
     out.with_suffix(".md").write_text(text + "\n")
