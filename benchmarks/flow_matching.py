@@ -345,8 +345,12 @@ def merge(paths: list[Path], out: Path) -> None:
             f"| {speed[pair[0]]:.1f} / {speed[pair[1]]:.1f} |")
     text = "\n".join(lines)
     print(text)
-    out.write_text(json.dumps({"merged": [str(p) for p in paths], "rows": summary,
-                               "table": text}, indent=2))
+    write(out, {"merged": [str(p) for p in paths], "rows": summary, "table": text}, text)
+
+
+def write(out: Path, record: dict, text: str) -> None:
+    """The record to ``out`` (JSON) and its table to ``out`` with suffix ``.md``."""
+    out.write_text(json.dumps(record, indent=2))
     out.with_suffix(".md").write_text(text + "\n")
     print(f"\nwrote {out} and {out.with_suffix('.md')}")
 
@@ -412,9 +416,7 @@ def main(argv: list[str] | None = None) -> None:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "results": results, "table": text, "speed": speeds,
     }
-    out.write_text(json.dumps(record, indent=2))
-    out.with_suffix(".md").write_text(text + "\n")
-    print(f"\nwrote {out} and {out.with_suffix('.md')}")
+    write(out, record, text)
 
 
 if __name__ == "__main__":
